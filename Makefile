@@ -1,0 +1,41 @@
+# linkwatch: `make run` for the demo, `make test` for the suite. Every target installs what it needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test unit integration lint typecheck bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/linkwatch run --demo
+
+test: install lint typecheck
+	$(BIN)/pytest tests
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install
+	$(BIN)/pytest tests/integration
+
+lint: install
+	$(BIN)/ruff check streams agents graph tests
+	$(BIN)/ruff format --check streams agents graph tests
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m streams.bench
+
+clean:
+	rm -rf $(VENV) .linkwatch .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Faust agents: one per stage, thin loops over batches that call the pure code in graph/."""

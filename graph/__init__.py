@@ -1,0 +1,1 @@
+"""Pure domain logic: validation, actors, the rolling graph, the rule, snapshots."""

@@ -1,0 +1,236 @@
+"""The report contract: how one message from a platform becomes a Report or a Rejection."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CATEGORIES",
+    "MAX_MESSAGE_BYTES",
+    "REJECTION_REASONS",
+    "SIGNAL_KEYS",
+    "Rejection",
+    "Report",
+    "parse_report",
+]
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 4096
+CATEGORIES = frozenset(
+    {"impersonation", "harassment", "threat", "sexual_content", "doxxing", "other"}
+)
+# Signals the alias linker understands; other string-valued keys are kept but not used.
+SIGNAL_KEYS = ("email_hash", "phone_hash", "device_id", "ip")
+
+# Every reason a message can be rejected for. The set is closed so that the rejection
+# counter has a bounded label set; the human-readable detail travels beside it.
+REJECTION_REASONS = (
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "bad_timestamp",
+    "unknown_category",
+)
+
+_PLATFORM = re.compile(r"[a-z0-9_.-]{1,64}")
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A valid abuse report: one offender account, one victim, one moment in event time."""
+
+    report_id: str
+    platform: str
+    reported_at: datetime
+    category: str
+    offender_account: str
+    victim_account: str
+    victim_region: str
+    offender_signals: Mapping[str, str]
+    text: str | None = None
+    reporter: str | None = None
+
+    @property
+    def offender_key(self) -> str:
+        """The offender account as `platform:account`, unique across platforms."""
+        return f"{self.platform}:{self.offender_account}"
+
+    @property
+    def victim_key(self) -> str:
+        return f"{self.platform}:{self.victim_account}"
+
+    @property
+    def event_time(self) -> float:
+        """Event time in seconds since the epoch: what the window is measured in."""
+        return self.reported_at.timestamp()
+
+    def to_json(self) -> bytes:
+        """Canonical JSON in the contract's own shape (parse_report reads it back)."""
+        document: dict[str, Any] = {
+            "report_id": self.report_id,
+            "platform": self.platform,
+            "reported_at": self.reported_at.isoformat(),
+            "category": self.category,
+            "offender": {"account": self.offender_account},
+            "victim": {"account": self.victim_account, "region": self.victim_region},
+        }
+        if self.offender_signals:
+            document["offender"]["signals"] = dict(self.offender_signals)
+        if self.text is not None:
+            document["text"] = self.text
+        if self.reporter is not None:
+            document["reporter"] = self.reporter
+        return orjson.dumps(document)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message is not a report, with the original bytes kept for the dead-letter topic."""
+
+    reason: str
+    detail: str
+    raw: bytes
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_report(raw: bytes) -> Report | Rejection:
+    """Validate one message against the contract. Never raises: bad input is a value."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejection(
+            "too_large", f"message is {len(raw)} bytes, the limit is {MAX_MESSAGE_BYTES}", raw
+        )
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection("not_utf8", "message is not valid UTF-8", raw)
+        return Rejection("not_json", f"message is not JSON: {exc}", raw)
+    if not isinstance(document, dict):
+        return Rejection(
+            "not_object", f"message is a JSON {type(document).__name__}, not an object", raw
+        )
+    try:
+        return _report_from(document)
+    except _Invalid as invalid:
+        return Rejection(invalid.reason, invalid.detail, raw)
+
+
+def _report_from(document: dict[str, Any]) -> Report:
+    offender = _object(document, "offender")
+    victim = _object(document, "victim")
+    platform = _string(document, "platform", 64)
+    if not _PLATFORM.fullmatch(platform):
+        raise _Invalid("bad_value", "platform: only lowercase a-z, 0-9, '_', '.', '-' allowed")
+    category = _string(document, "category", 64)
+    if category not in CATEGORIES:
+        raise _Invalid(
+            "unknown_category",
+            f"category: {category!r} is not one of {', '.join(sorted(CATEGORIES))}",
+        )
+    return Report(
+        report_id=_string(document, "report_id", 128),
+        platform=platform,
+        reported_at=_timestamp(document, "reported_at"),
+        category=category,
+        offender_account=_string(offender, "account", 256, prefix="offender."),
+        victim_account=_string(victim, "account", 256, prefix="victim."),
+        victim_region=_string(victim, "region", 64, prefix="victim."),
+        offender_signals=_signals(offender),
+        text=_optional_string(document, "text", MAX_TEXT_CHARS),
+        reporter=_optional_string(document, "reporter", 256),
+    )
+
+
+def _object(document: dict[str, Any], field: str) -> dict[str, Any]:
+    if field not in document:
+        raise _Invalid("missing_field", f"{field}: missing")
+    value = document[field]
+    if not isinstance(value, dict):
+        raise _Invalid("wrong_type", f"{field}: expected an object, got {_kind(value)}")
+    return value
+
+
+def _string(document: dict[str, Any], field: str, max_chars: int, prefix: str = "") -> str:
+    if field not in document:
+        raise _Invalid("missing_field", f"{prefix}{field}: missing")
+    value = document[field]
+    if not isinstance(value, str):
+        raise _Invalid("wrong_type", f"{prefix}{field}: expected a string, got {_kind(value)}")
+    if not 1 <= len(value) <= max_chars:
+        raise _Invalid(
+            "bad_value", f"{prefix}{field}: must be 1 to {max_chars} characters, got {len(value)}"
+        )
+    return value
+
+
+def _optional_string(document: dict[str, Any], field: str, max_chars: int) -> str | None:
+    if document.get(field) is None:
+        return None
+    value = document[field]
+    if not isinstance(value, str):
+        raise _Invalid("wrong_type", f"{field}: expected a string, got {_kind(value)}")
+    if len(value) > max_chars:
+        raise _Invalid("bad_value", f"{field}: at most {max_chars} characters, got {len(value)}")
+    return value
+
+
+def _signals(offender: dict[str, Any]) -> Mapping[str, str]:
+    signals = offender.get("signals")
+    if signals is None:
+        return {}
+    if not isinstance(signals, dict):
+        raise _Invalid("wrong_type", f"offender.signals: expected an object, got {_kind(signals)}")
+    for key, value in signals.items():
+        if not isinstance(value, str):
+            raise _Invalid(
+                "wrong_type", f"offender.signals.{key}: expected a string, got {_kind(value)}"
+            )
+        if not 1 <= len(value) <= 256:
+            raise _Invalid("bad_value", f"offender.signals.{key}: must be 1 to 256 characters")
+    return signals
+
+
+def _timestamp(document: dict[str, Any], field: str) -> datetime:
+    text = _string(document, field, 64)
+    if not _RFC3339.fullmatch(text):
+        raise _Invalid(
+            "bad_timestamp", f"{field}: not an RFC 3339 timestamp with an offset or Z: {text!r}"
+        )
+    try:
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _Invalid("bad_timestamp", f"{field}: {exc}") from None
+    return moment.astimezone(UTC)
+
+
+def _kind(value: object) -> str:
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)

@@ -1,0 +1,1 @@
+"""The pipes: the Faust app, settings, topics, the embedded broker and the command line."""

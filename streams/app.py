@@ -1,0 +1,118 @@
+"""The one Faust app: topics, agents and web pages, built from Settings in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agents.graph import GraphPartitions, make_graph_agent
+from agents.intake import make_intake
+from streams.kafka import read_partitions
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+__all__ = ["build_app"]
+
+# Faust's defaults (30 s joins, 110 s restarts after a kill) are made for big clusters;
+# these give 5-6 s joins here and are still safe on Apache Kafka.
+SESSION_TIMEOUT = 10.0
+# aiohttp takes the charset apart from the content type.
+PROMETHEUS_CONTENT_TYPE = "; ".join(
+    part for part in CONTENT_TYPE_LATEST.split("; ") if not part.startswith("charset=")
+)
+HEARTBEAT_INTERVAL = 1.0
+
+
+def build_app(
+    settings: Settings,
+    *,
+    console: Callable[[dict[str, Any]], None] | None = None,
+    demo: Sequence[bytes] = (),
+) -> faust.App:
+    """The worker. `console` is called with each alert on the alerts topic (all-in-one mode);
+    `demo` messages are pushed to the reports topic once the worker runs."""
+    app = faust.App(
+        settings.namespace,
+        broker=f"kafka://{settings.bootstrap}",
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=str(settings.data_dir),
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=SESSION_TIMEOUT,
+        broker_heartbeat_interval=HEARTBEAT_INTERVAL,
+        broker_rebalance_timeout=SESSION_TIMEOUT,
+        stream_recovery_delay=0.0,
+        producer_acks=-1,
+    )
+    metrics = Metrics()
+
+    async def send(*args: Any) -> Any:
+        return await app.producer.send(*args)
+
+    reports = app.topic(settings.reports_topic, partitions=settings.partitions)
+    actor_reports = app.topic(settings.actor_reports_topic, partitions=settings.partitions)
+    app.topic(settings.alerts_topic, partitions=settings.partitions)
+    app.topic(settings.rejected_topic, partitions=settings.partitions)
+
+    graphs = GraphPartitions(settings, metrics, send)
+    app.agent(reports, name="intake")(make_intake(settings, metrics, send))
+    app.agent(actor_reports, name="graph")(make_graph_agent(graphs))
+
+    def ours(tps: Any) -> list[int]:
+        return [tp.partition for tp in tps if tp.topic == settings.actor_reports_topic]
+
+    # Faust signals call receivers as (sender, *args, signal=..., **kwargs).
+    def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        graphs.assign(ours(args[0]))
+
+    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        graphs.revoke(ours(args[0]))
+
+    app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_revoked.connect(on_revoked)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        consumer: Any = app.consumer
+        for tp in consumer.assignment():
+            read = consumer._read_offset.get(tp)
+            behind = consumer.highwater(tp) - (read + 1 if read is not None else 0)
+            metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, behind))
+        return web.bytes(metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "partitions": sorted(graphs.owned)})
+
+    if console is not None:
+        show = console
+
+        async def print_alerts() -> None:
+            async for records in read_partitions(
+                settings.bootstrap, settings.alerts_topic, follow=True
+            ):
+                for record in records:
+                    show(orjson.loads(record.value))
+
+        app.task(print_alerts)
+
+    if demo:
+        messages = list(demo)
+
+        async def push_demo() -> None:
+            for raw in messages:
+                await app.producer.send(settings.reports_topic, None, raw, None, None, None)
+            await app.producer.flush()
+
+        app.task(push_demo)
+
+    return app

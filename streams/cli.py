@@ -1,0 +1,276 @@
+"""The `linkwatch` command: broker, topics, worker, run, push, alerts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from streams.broker import BrokerError, EmbeddedBroker, broker_answers
+from streams.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+log = logging.getLogger("linkwatch")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env().with_overrides(
+            bootstrap=args.bootstrap,
+            web_port=args.web_port,
+            data_dir=args.data_dir,
+            partitions=args.partitions,
+            min_regions=args.min_regions,
+            window_days=args.window_days,
+            namespace=args.namespace,
+        )
+        result: int = args.command(settings, args)
+        return result
+    except (SettingsError, BrokerError, LookupError) as exc:
+        print(f"linkwatch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("configuration (flags override LINKWATCH_* variables)")
+    group.add_argument("--bootstrap", help="Kafka bootstrap address [LINKWATCH_BOOTSTRAP]")
+    group.add_argument("--web-port", type=int, help="worker web port [LINKWATCH_WEB_PORT]")
+    group.add_argument("--data-dir", type=Path, help="worker state dir [LINKWATCH_DATA_DIR]")
+    group.add_argument("--partitions", type=int, help="partitions per topic [LINKWATCH_PARTITIONS]")
+    group.add_argument("--min-regions", type=int, help="regions that raise an alert")
+    group.add_argument("--window-days", type=float, help="rolling window in days")
+    group.add_argument("--namespace", help="topic prefix and consumer group [LINKWATCH_NAMESPACE]")
+
+    parser = argparse.ArgumentParser(
+        prog="linkwatch",
+        description="Joins abuse reports up as they arrive and alerts when one actor "
+        "reaches victims in several regions.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    broker = commands.add_parser(
+        "broker", parents=[common], help="run the embedded broker (Tansu) in the foreground"
+    )
+    broker.add_argument("--port", type=int, default=None, help="port (default: bootstrap's)")
+    broker.set_defaults(command=_broker)
+
+    topics = commands.add_parser("topics", parents=[common], help="create the topics")
+    topics.set_defaults(command=_topics)
+
+    worker = commands.add_parser("worker", parents=[common], help="run one Faust worker")
+    worker.add_argument("--loglevel", default="info", choices=["crit", "error", "warn", "info"])
+    worker.set_defaults(command=_worker)
+
+    run = commands.add_parser(
+        "run", parents=[common], help="all in one: broker if needed, topics, worker, alerts"
+    )
+    run.add_argument("--demo", action="store_true", help="replay the demo case")
+    run.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info"])
+    run.set_defaults(command=_run)
+
+    push = commands.add_parser("push", parents=[common], help="send a JSONL file of reports")
+    push.add_argument("file", type=Path)
+    push.set_defaults(command=_push)
+
+    alerts = commands.add_parser("alerts", parents=[common], help="print the alerts")
+    alerts.add_argument("--follow", action="store_true", help="keep waiting for new alerts")
+    alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    alerts.set_defaults(command=_alerts)
+    return parser
+
+
+def _broker(settings: Settings, args: argparse.Namespace) -> int:
+    port = args.port or int(settings.bootstrap.rpartition(":")[2])
+    broker = EmbeddedBroker(port).start()
+    print(f"linkwatch: embedded broker (Tansu, memory only) on {broker.bootstrap}", flush=True)
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.kafka import create_topics
+
+    created = create_topics(settings)
+    for name in settings.topics:
+        state = "created" if name in created else "exists"
+        print(f"{name}: {state} ({settings.partitions} partitions)")
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.app import build_app
+
+    _start_worker(build_app(settings), args.loglevel)
+    return 0
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.app import build_app
+    from streams.demo import demo_reports
+    from streams.kafka import create_topics
+
+    broker = None
+    if not broker_answers(settings.bootstrap):
+        host, _, port = settings.bootstrap.rpartition(":")
+        if host not in ("127.0.0.1", "localhost"):
+            raise BrokerError(f"no broker answers at {settings.bootstrap}")
+        broker = EmbeddedBroker(int(port), log=settings.data_dir / "broker.log")
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        broker.start()
+        print(f"linkwatch: started the embedded broker on {broker.bootstrap}", flush=True)
+    try:
+        create_topics(settings)
+        app = build_app(
+            settings,
+            console=lambda alert: _print_alert(alert, sys.stdout),
+            demo=demo_reports() if args.demo else (),
+        )
+        print(
+            f"linkwatch: worker starting; alerts appear below; metrics on "
+            f"http://{settings.web_host}:{settings.web_port}/metrics; Ctrl-C stops",
+            flush=True,
+        )
+        _start_worker(app, args.loglevel)
+    finally:
+        if broker is not None:
+            broker.stop()
+            print("linkwatch: embedded broker stopped", flush=True)
+    return 0
+
+
+def _start_worker(app: Any, loglevel: str) -> None:
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise
+
+
+def _push(settings: Settings, args: argparse.Namespace) -> int:
+    from kafka import KafkaProducer
+
+    path: Path = args.file
+    if not path.is_file():
+        print(f"linkwatch: no such file: {path}", file=sys.stderr)
+        return 2
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=2 * 1024 * 1024,
+    )
+    failures: list[Exception] = []
+    progress = _Progress(path.stat().st_size, sys.stderr)
+    sent = blank = 0
+    with path.open("rb") as lines:
+        for line in lines:
+            progress.advance(len(line))
+            message = line.rstrip(b"\r\n")
+            if not message.strip():
+                blank += 1
+                continue
+            producer.send(settings.reports_topic, value=message).add_errback(failures.append)
+            sent += 1
+    producer.flush()
+    producer.close()
+    progress.finish(sent)
+    delivered = sent - len(failures)
+    print(
+        f"sent {delivered} reports to {settings.reports_topic}"
+        + (f", skipped {blank} blank lines" if blank else "")
+    )
+    if failures:
+        print(
+            f"linkwatch: {len(failures)} reports were not delivered: {failures[0]}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent when stderr is a file or a pipe."""
+
+    def __init__(self, total_bytes: int, out: TextIO) -> None:
+        self.total = max(total_bytes, 1)
+        self.out = out
+        self.done = 0
+        self.lines = 0
+        self.started = self.shown = time.monotonic()
+        self.enabled = out.isatty()
+
+    def advance(self, size: int) -> None:
+        self.done += size
+        self.lines += 1
+        now = time.monotonic()
+        if self.enabled and now - self.shown > 0.2:
+            self.shown = now
+            fraction = self.done / self.total
+            bar = "#" * int(fraction * 30)
+            rate = self.lines / max(now - self.started, 1e-9)
+            self.out.write(f"\r[{bar:<30}] {fraction:4.0%} {self.lines:,} lines {rate:,.0f}/s")
+            self.out.flush()
+
+    def finish(self, sent: int) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        if self.enabled:
+            self.out.write("\n")
+        self.out.write(f"{sent:,} reports in {elapsed:.1f}s ({sent / elapsed:,.0f}/s)\n")
+        self.out.flush()
+
+
+def _alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.kafka import read_partitions
+
+    async def read() -> None:
+        async for records in read_partitions(
+            settings.bootstrap, settings.alerts_topic, follow=args.follow
+        ):
+            for record in records:
+                alert = orjson.loads(record.value)
+                if args.json:
+                    sys.stdout.write(record.value.decode() + "\n")
+                else:
+                    _print_alert(alert, sys.stdout)
+            sys.stdout.flush()
+
+    asyncio.run(read())
+    return 0
+
+
+def _print_alert(alert: dict[str, Any], out: TextIO) -> None:
+    out.write(
+        f"\nALERT {alert['alert_id']}  level {alert['level']}: "
+        f"victims in {len(alert['regions'])} regions ({', '.join(alert['regions'])})\n"
+        f"  {alert['reason']}\n"
+        f"  accounts:   {', '.join(alert['accounts'])}\n"
+        f"  categories: {', '.join(alert['categories'])}\n"
+        f"  reports:    {', '.join(alert['report_ids'])}\n"
+        f"  first seen {alert['first_seen']}, last seen {alert['last_seen']}, "
+        f"raised {alert['raised_at']}\n"
+    )
+    out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

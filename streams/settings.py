@@ -1,0 +1,108 @@
+"""Configuration: one Settings value, read from the environment and overridden by flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEV_SECRET", "ENV_VARS", "Settings", "SettingsError"]
+
+# Used when LINKWATCH_SECRET is unset. Fine for a laptop demo; a deployment sets its own
+# (actor ids are keyed hashes of account names, and anyone holding the key can test guesses).
+DEV_SECRET = "linkwatch-development-secret-change-me"
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used, with the variable it came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:9092"
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    data_dir: Path = Path(".linkwatch")
+    partitions: int = 4
+    min_regions: int = 3
+    window_days: float = 365.0
+    # Topic names are `{namespace}.reports` and so on; the consumer group is the namespace.
+    namespace: str = "linkwatch"
+    secret: str = DEV_SECRET
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise SettingsError("LINKWATCH_PARTITIONS must be at least 1")
+        if self.min_regions < 2:
+            raise SettingsError("LINKWATCH_MIN_REGIONS must be at least 2")
+        if self.window_days <= 0:
+            raise SettingsError("LINKWATCH_WINDOW_DAYS must be positive")
+        if not 0 < self.web_port < 65536:
+            raise SettingsError("LINKWATCH_WEB_PORT must be a TCP port")
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_days * 86400.0
+
+    @property
+    def secret_bytes(self) -> bytes:
+        return self.secret.encode("utf-8")
+
+    @property
+    def reports_topic(self) -> str:
+        return f"{self.namespace}.reports"
+
+    @property
+    def rejected_topic(self) -> str:
+        return f"{self.namespace}.reports.rejected"
+
+    @property
+    def actor_reports_topic(self) -> str:
+        """Internal: valid reports keyed by actor id, so one actor's reports share a partition."""
+        return f"{self.namespace}.actor-reports"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.namespace}.alerts"
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (
+            self.reports_topic,
+            self.rejected_topic,
+            self.actor_reports_topic,
+            self.alerts_topic,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (variable, kind) in ENV_VARS.items():
+            text = environ.get(variable)
+            if text is None or text == "":
+                continue
+            try:
+                values[name] = kind(text)
+            except ValueError:
+                raise SettingsError(f"{variable}={text!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Flags win over the environment; a flag left unset (None) changes nothing."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+ENV_VARS: dict[str, tuple[str, type]] = {
+    "bootstrap": ("LINKWATCH_BOOTSTRAP", str),
+    "web_port": ("LINKWATCH_WEB_PORT", int),
+    "web_host": ("LINKWATCH_WEB_HOST", str),
+    "data_dir": ("LINKWATCH_DATA_DIR", Path),
+    "partitions": ("LINKWATCH_PARTITIONS", int),
+    "min_regions": ("LINKWATCH_MIN_REGIONS", int),
+    "window_days": ("LINKWATCH_WINDOW_DAYS", float),
+    "namespace": ("LINKWATCH_NAMESPACE", str),
+    "secret": ("LINKWATCH_SECRET", str),
+}

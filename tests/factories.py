@@ -1,0 +1,55 @@
+"""Test factories: reports as the contract's JSON, with overrides for the field under test."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+_ids = itertools.count(1)
+BASE_TIME = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def make_report(
+    offender: str = "offender-1",
+    victim: str = "victim-1",
+    region: str = "norfolk",
+    *,
+    platform: str = "chirp",
+    at: datetime | timedelta = timedelta(0),
+    report_id: str | None = None,
+    category: str = "harassment",
+    signals: dict[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One valid report; `at` is a datetime or an offset from BASE_TIME."""
+    moment = BASE_TIME + at if isinstance(at, timedelta) else at
+    report: dict[str, Any] = {
+        "report_id": report_id or f"r-{next(_ids)}",
+        "platform": platform,
+        "reported_at": moment.isoformat(),
+        "category": category,
+        "offender": {"account": offender},
+        "victim": {"account": victim, "region": region},
+    }
+    if signals is not None:
+        report["offender"]["signals"] = signals
+    report.update(extra)
+    return report
+
+
+def encode(report: dict[str, Any]) -> bytes:
+    return orjson.dumps(report)
+
+
+def serial_case(
+    offender: str = "offender-1", regions: int = 3, days_apart: int = 10
+) -> list[bytes]:
+    """One offender, one victim in each of `regions` regions, in event-time order."""
+    names = ["norfolk", "suffolk", "kent", "devon", "cumbria", "dorset", "essex", "surrey"]
+    return [
+        encode(make_report(offender, f"victim-{i}", names[i], at=timedelta(days=i * days_apart)))
+        for i in range(regions)
+    ]

@@ -1,0 +1,136 @@
+"""The report contract: every kind of bad input is rejected with its reason, never raised."""
+
+from __future__ import annotations
+
+import pytest
+
+from graph.contract import MAX_MESSAGE_BYTES, REJECTION_REASONS, Rejection, Report, parse_report
+from tests.factories import encode, make_report
+
+
+def rejected(raw: bytes) -> Rejection:
+    result = parse_report(raw)
+    assert isinstance(result, Rejection), result
+    assert result.raw == raw
+    assert result.reason in REJECTION_REASONS
+    return result
+
+
+def test_a_valid_report_parses_with_aware_event_time() -> None:
+    report = parse_report(encode(make_report("ravenhart", "ellie", "kent", signals={"ip": "x"})))
+    assert isinstance(report, Report)
+    assert report.offender_key == "chirp:ravenhart"
+    assert report.victim_key == "chirp:ellie"
+    assert report.reported_at.tzinfo is not None
+    assert report.offender_signals == {"ip": "x"}
+
+
+def test_offsets_and_z_name_the_same_instant() -> None:
+    z = parse_report(
+        encode(
+            make_report(at=__import__("datetime").datetime(2025, 1, 1, 12))
+            | {"reported_at": "2025-01-01T12:00:00Z"}
+        )
+    )
+    plus_one = parse_report(encode(make_report() | {"reported_at": "2025-01-01T13:00:00+01:00"}))
+    assert isinstance(z, Report) and isinstance(plus_one, Report)
+    assert z.event_time == plus_one.event_time
+
+
+def test_canonical_json_round_trips() -> None:
+    report = parse_report(
+        encode(
+            make_report(
+                text="Can I tell you a secret?", reporter="victim", signals={"email_hash": "e1"}
+            )
+        )
+    )
+    assert isinstance(report, Report)
+    assert parse_report(report.to_json()) == report
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe not utf-8", "not_utf8"),
+        (b"{not json", "not_json"),
+        (b"", "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b'"a string"', "not_object"),
+        (b"x" * (MAX_MESSAGE_BYTES + 1), "too_large"),
+    ],
+)
+def test_bytes_that_are_not_a_report_object(raw: bytes, reason: str) -> None:
+    assert rejected(raw).reason == reason
+
+
+def _without(path: str) -> dict[str, object]:
+    report = make_report()
+    *parents, leaf = path.split(".")
+    target = report
+    for parent in parents:
+        target = target[parent]
+    del target[leaf]
+    return report
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "report_id",
+        "platform",
+        "reported_at",
+        "category",
+        "offender",
+        "offender.account",
+        "victim",
+        "victim.account",
+        "victim.region",
+    ],
+)
+def test_each_missing_required_field(path: str) -> None:
+    rejection = rejected(encode(_without(path)))
+    assert rejection.reason == "missing_field"
+    assert path in rejection.detail
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason", "field"),
+    [
+        ({"report_id": 17}, "wrong_type", "report_id"),
+        ({"report_id": ""}, "bad_value", "report_id"),
+        ({"report_id": "r" * 129}, "bad_value", "report_id"),
+        ({"platform": "Chirp"}, "bad_value", "platform"),
+        ({"platform": "chirp app"}, "bad_value", "platform"),
+        ({"platform": "p" * 65}, "bad_value", "platform"),
+        ({"platform": None}, "wrong_type", "platform"),
+        ({"category": "spam"}, "unknown_category", "category"),
+        ({"category": ["harassment"]}, "wrong_type", "category"),
+        ({"reported_at": "yesterday"}, "bad_timestamp", "reported_at"),
+        ({"reported_at": "2025-03-01T12:00:00"}, "bad_timestamp", "reported_at"),
+        ({"reported_at": "2025-03-01"}, "bad_timestamp", "reported_at"),
+        ({"reported_at": "2025-02-30T12:00:00Z"}, "bad_timestamp", "reported_at"),
+        ({"reported_at": 1740830400}, "wrong_type", "reported_at"),
+        ({"offender": "someone"}, "wrong_type", "offender"),
+        ({"offender": {"account": 5}}, "wrong_type", "offender.account"),
+        ({"offender": {"account": "a" * 257}}, "bad_value", "offender.account"),
+        ({"offender": {"account": "a", "signals": ["x"]}}, "wrong_type", "offender.signals"),
+        ({"offender": {"account": "a", "signals": {"ip": 1}}}, "wrong_type", "offender.signals.ip"),
+        ({"victim": {"account": "v", "region": ""}}, "bad_value", "victim.region"),
+        ({"victim": {"account": "v", "region": "r" * 65}}, "bad_value", "victim.region"),
+        ({"victim": {"account": "", "region": "kent"}}, "bad_value", "victim.account"),
+        ({"text": "t" * 4097}, "bad_value", "text"),
+        ({"text": 3}, "wrong_type", "text"),
+        ({"reporter": {"name": "x"}}, "wrong_type", "reporter"),
+    ],
+)
+def test_each_wrong_value(overrides: dict[str, object], reason: str, field: str) -> None:
+    rejection = rejected(encode(make_report() | overrides))
+    assert rejection.reason == reason
+    assert rejection.detail.startswith(field)
+
+
+def test_optional_fields_may_be_null_and_unknown_fields_are_ignored() -> None:
+    report = parse_report(encode(make_report(text=None, reporter=None, extra_field={"a": 1})))
+    assert isinstance(report, Report)
+    assert report.text is None

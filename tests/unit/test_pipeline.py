@@ -1,0 +1,38 @@
+"""The whole chain in-process: the same path the agents take, without a broker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from graph.pipeline import Pipeline
+from graph.rules import CrossRegionRule
+from tests.factories import encode, make_report, serial_case
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(b"test-secret", 365 * 86400.0, CrossRegionRule(3))
+
+
+def test_reports_in_alert_out_with_bad_lines_rejected_and_counted() -> None:
+    messages = [b"not json", *serial_case("tom"), b'{"report_id": 1}']
+    run = pipeline().feed(messages, now=0)
+    assert [alert.level for alert in run.alerts] == [3]
+    assert [rejection.reason for rejection in run.rejections] == ["not_json", "missing_field"]
+    assert run.outcomes == {"accepted": 3, "rejected": 2}
+
+
+def test_each_offender_account_is_its_own_actor_until_linked() -> None:
+    messages = [
+        encode(make_report(f"account-{i}", f"v{i}", region, at=timedelta(days=i)))
+        for i, region in enumerate(["norfolk", "suffolk", "kent"])
+    ]
+    assert pipeline().feed(messages, now=0).alerts == []
+
+
+def test_actor_ids_are_pseudonymous_and_stable_for_a_secret() -> None:
+    first = pipeline().feed(serial_case("tom"), now=0).alerts[0]
+    second = pipeline().feed(serial_case("tom"), now=0).alerts[0]
+    assert first.actor_id == second.actor_id
+    assert "tom" not in first.actor_id
+    other = Pipeline(b"another-secret", 365 * 86400.0, CrossRegionRule(3))
+    assert other.feed(serial_case("tom"), now=0).alerts[0].actor_id != first.actor_id

@@ -1,0 +1,176 @@
+"""The rolling graph and the rule: redelivery, event time, expiry, escalation, alert contents."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from graph.contract import Report, parse_report
+from graph.rules import CrossRegionRule
+from graph.window import Outcome, RollingGraph
+from tests.factories import encode, make_report
+
+DAY = 86400.0
+
+
+def report(*args: object, **kwargs: object) -> Report:
+    parsed = parse_report(encode(make_report(*args, **kwargs)))  # type: ignore[arg-type]
+    assert isinstance(parsed, Report)
+    return parsed
+
+
+def graph(window_days: float = 365, min_regions: int = 3) -> RollingGraph:
+    return RollingGraph(window_days * DAY, CrossRegionRule(min_regions))
+
+
+def apply_all(rolling: RollingGraph, reports: list[Report], actor: str = "actor-1") -> list[int]:
+    """Apply in order; returns the levels of the alerts raised."""
+    levels = []
+    for item in reports:
+        applied = rolling.apply(actor, item, now=0.0)
+        if applied.alert is not None:
+            levels.append(applied.alert.level)
+    return levels
+
+
+def test_three_victims_in_three_regions_raise_one_alert_with_the_contract_fields() -> None:
+    rolling = graph()
+    reports = [
+        report("tom", "ellie", "norfolk", report_id="a", category="impersonation"),
+        report("tom", "sam", "suffolk", report_id="b", at=timedelta(days=30)),
+        report("tom", "jess", "kent", report_id="c", at=timedelta(days=60)),
+    ]
+    alerts = [rolling.apply("actor-1", item, now=1e9).alert for item in reports]
+    assert alerts[:2] == [None, None]
+    alert = alerts[2]
+    assert alert is not None
+    document = alert.to_dict()
+    assert document["alert_id"] == "actor-1-L3"
+    assert document["level"] == 3
+    assert document["regions"] == ["kent", "norfolk", "suffolk"]
+    assert document["victim_count"] == 3
+    assert document["accounts"] == ["chirp:tom"]
+    assert document["platforms"] == ["chirp"]
+    assert document["categories"] == ["harassment", "impersonation"]
+    assert document["report_ids"] == ["chirp:a", "chirp:b", "chirp:c"]
+    assert document["first_seen"] == "2025-03-01T12:00:00Z"
+    assert document["last_seen"] == "2025-04-30T12:00:00Z"
+    assert document["raised_at"] == "2001-09-09T01:46:40Z"
+    assert "3 victims in 3 regions" in document["reason"]
+
+
+def test_many_victims_in_two_regions_never_alert() -> None:
+    rolling = graph()
+    reports = [report("tom", f"v{i}", ["kent", "essex"][i % 2]) for i in range(40)]
+    assert apply_all(rolling, reports) == []
+
+
+def test_one_victim_who_moves_counts_in_one_region_only() -> None:
+    rolling = graph()
+    reports = [
+        report("tom", "ellie", "norfolk"),
+        report("tom", "ellie", "suffolk", at=timedelta(days=1)),
+        report("tom", "ellie", "kent", at=timedelta(days=2)),
+        report("tom", "sam", "kent", at=timedelta(days=3)),
+    ]
+    assert apply_all(rolling, reports) == []
+    actor = rolling.actor("actor-1")
+    assert actor is not None
+    assert actor.victims_by_region == {"kent": 2}
+    assert actor.edges["chirp:ellie"].regions == {"norfolk", "suffolk", "kent"}
+
+
+def test_a_redelivered_report_changes_nothing() -> None:
+    rolling = graph()
+    first = report("tom", "ellie", "norfolk", report_id="same")
+    assert rolling.apply("actor-1", first, now=0).outcome is Outcome.ACCEPTED
+    again = rolling.apply("actor-1", first, now=0)
+    assert again.outcome is Outcome.DUPLICATE
+    assert rolling.live_edges == 1
+    actor = rolling.actor("actor-1")
+    assert actor is not None and actor.edges["chirp:ellie"].report_ids == {"same"}
+
+
+def test_redelivery_of_the_completing_report_does_not_alert_twice() -> None:
+    rolling = graph()
+    reports = [report("tom", f"v{i}", region) for i, region in enumerate(["a", "b", "c"])]
+    assert apply_all(rolling, reports + reports) == [3]
+
+
+def test_out_of_order_events_inside_the_window_count() -> None:
+    rolling = graph(window_days=30)
+    reports = [
+        report("tom", "v3", "kent", at=timedelta(days=20)),
+        report("tom", "v1", "norfolk", at=timedelta(days=0)),  # 20 days late: still inside
+        report("tom", "v2", "suffolk", at=timedelta(days=5)),
+    ]
+    assert apply_all(rolling, reports) == [3]
+
+
+def test_an_event_older_than_the_window_is_too_old_and_changes_nothing() -> None:
+    rolling = graph(window_days=30)
+    assert apply_all(rolling, [report("tom", "v1", "kent", at=timedelta(days=100))]) == []
+    late = rolling.apply("actor-1", report("tom", "v2", "essex", at=timedelta(days=60)), now=0)
+    assert late.outcome is Outcome.TOO_OLD
+    assert rolling.live_edges == 1
+
+
+def test_edges_expire_when_the_newest_event_moves_past_the_window() -> None:
+    rolling = graph(window_days=30)
+    reports = [
+        report("tom", "v1", "norfolk", at=timedelta(days=0)),
+        report("tom", "v2", "suffolk", at=timedelta(days=10)),
+        # Forty days later the first two victims are out of the window: no alert.
+        report("tom", "v3", "kent", at=timedelta(days=50)),
+    ]
+    assert apply_all(rolling, reports) == []
+    assert rolling.live_edges == 1
+    # Another actor's event moves the watermark on; tom's last edge expires, and tom with it.
+    rolling.apply("actor-2", report("ann", "v9", "kent", at=timedelta(days=81)), now=0)
+    assert rolling.actor("actor-1") is None
+    assert rolling.live_edges == 1
+
+
+def test_a_new_report_keeps_an_edge_alive() -> None:
+    rolling = graph(window_days=30)
+    reports = [
+        report("tom", "v1", "norfolk", at=timedelta(days=0)),
+        report("tom", "v1", "norfolk", at=timedelta(days=25)),
+        report("tom", "v2", "suffolk", at=timedelta(days=40)),
+        report("tom", "v3", "kent", at=timedelta(days=50)),
+    ]
+    assert apply_all(rolling, reports) == [3]
+
+
+def test_escalation_raises_a_new_level_each_time_the_regions_grow() -> None:
+    rolling = graph()
+    regions = ["norfolk", "suffolk", "kent", "kent", "devon", "essex"]
+    reports = [
+        report("tom", f"v{i}", region, at=timedelta(days=i)) for i, region in enumerate(regions)
+    ]
+    assert apply_all(rolling, reports) == [3, 4, 5]
+
+
+def test_no_realert_when_regions_shrink_and_grow_back_to_a_raised_level() -> None:
+    rolling = graph(window_days=30)
+    reports = [
+        report("tom", "v1", "norfolk", at=timedelta(days=0)),
+        report("tom", "v2", "suffolk", at=timedelta(days=1)),
+        report("tom", "v3", "kent", at=timedelta(days=2)),
+        # v1 and v2 expire; two new regions bring it back to three.
+        report("tom", "v4", "devon", at=timedelta(days=40)),
+        report("tom", "v5", "essex", at=timedelta(days=41)),
+    ]
+    assert apply_all(rolling, reports) == [3]
+    assert rolling.raised_level("actor-1") == 3
+
+
+def test_alerts_already_published_are_not_raised_again() -> None:
+    rolling = graph()
+    rolling.mark_raised("actor-1", 3)
+    reports = [report("tom", f"v{i}", r) for i, r in enumerate(["a", "b", "c", "d"])]
+    assert apply_all(rolling, reports) == [4]
+
+
+def test_min_regions_is_configurable() -> None:
+    rolling = graph(min_regions=2)
+    assert apply_all(rolling, [report("tom", "v1", "a"), report("tom", "v2", "b")]) == [2]
