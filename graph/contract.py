@@ -18,6 +18,7 @@ __all__ = [
     "Rejection",
     "Report",
     "parse_report",
+    "partition_key",
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -134,6 +135,19 @@ def parse_report(raw: bytes) -> Report | Rejection:
         return _report_from(document)
     except _Invalid as invalid:
         return Rejection(invalid.reason, invalid.detail, raw)
+
+
+def partition_key(raw: bytes) -> bytes | None:
+    """`platform:offender.account` when the message has them, else None (any partition).
+
+    Producers that key by this keep one account's reports in order; linkwatch does not
+    depend on it, but alerts then show reports in the order they were filed.
+    """
+    try:
+        document = orjson.loads(raw)
+        return f"{document['platform']}:{document['offender']['account']}".encode()
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
 
 
 def _report_from(document: dict[str, Any]) -> Report:

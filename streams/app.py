@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from agents.graph import GraphPartitions, make_graph_agent
 from agents.intake import make_intake
+from graph.contract import partition_key
 from streams.kafka import read_partitions
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -110,7 +111,8 @@ def build_app(
 
         async def push_demo() -> None:
             for raw in messages:
-                await app.producer.send(settings.reports_topic, None, raw, None, None, None)
+                key = partition_key(raw)
+                await app.producer.send(settings.reports_topic, key, raw, None, None, None)
             await app.producer.flush()
 
         app.task(push_demo)

@@ -73,6 +73,9 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C at the terminal reaches linkwatch, which stops the
+            # worker first and the broker last, instead of the broker dying under the worker.
+            start_new_session=True,
         )
         deadline = time.monotonic() + ready_timeout
         while not broker_answers(self.bootstrap, timeout=0.2):

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from graph.contract import partition_key
 from streams.broker import BrokerError, EmbeddedBroker, broker_answers
 from streams.settings import Settings, SettingsError
 
@@ -190,7 +191,9 @@ def _push(settings: Settings, args: argparse.Namespace) -> int:
             if not message.strip():
                 blank += 1
                 continue
-            producer.send(settings.reports_topic, value=message).add_errback(failures.append)
+            producer.send(
+                settings.reports_topic, key=partition_key(message), value=message
+            ).add_errback(failures.append)
             sent += 1
     producer.flush()
     producer.close()

@@ -134,3 +134,12 @@ def test_optional_fields_may_be_null_and_unknown_fields_are_ignored() -> None:
     report = parse_report(encode(make_report(text=None, reporter=None, extra_field={"a": 1})))
     assert isinstance(report, Report)
     assert report.text is None
+
+
+def test_partition_key_keeps_one_accounts_reports_together() -> None:
+    from graph.contract import partition_key
+
+    assert partition_key(encode(make_report("tom"))) == b"chirp:tom"
+    assert partition_key(b"{broken") is None
+    assert partition_key(b'{"platform": "chirp", "offender": "tom"}') is None
+    assert partition_key(b"[1]") is None
