@@ -15,6 +15,7 @@ from graph.contract import partition_key
 from streams.kafka import read_partitions
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.transport import LinkwatchApp
 
 __all__ = ["build_app"]
 
@@ -36,7 +37,7 @@ def build_app(
 ) -> faust.App:
     """The worker. `console` is called with each alert on the alerts topic (all-in-one mode);
     `demo` messages are pushed to the reports topic once the worker runs."""
-    app = faust.App(
+    app = LinkwatchApp(
         settings.namespace,
         broker=f"kafka://{settings.bootstrap}",
         key_serializer="raw",

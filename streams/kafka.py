@@ -11,6 +11,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
+from streams.transport import FETCH_MAX_WAIT_MS
 
 __all__ = ["create_topics", "read_partitions"]
 
@@ -70,6 +71,7 @@ async def read_partitions(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     await consumer.start()
     try:
@@ -89,7 +91,7 @@ async def read_partitions(
             pending = set(tps)
         progress_at = time.monotonic()
         while pending or follow:
-            batches = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
             records = [record for batch in batches.values() for record in batch]
             if stop is not None:
                 records = [r for r in records if r.offset < stop[r.partition]]
