@@ -19,6 +19,7 @@ __all__ = [
     "Report",
     "parse_report",
     "partition_key",
+    "report_from_document",
 ]
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -80,6 +81,9 @@ class Report:
 
     def to_json(self) -> bytes:
         """Canonical JSON in the contract's own shape (parse_report reads it back)."""
+        return orjson.dumps(self.to_document())
+
+    def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
             "report_id": self.report_id,
             "platform": self.platform,
@@ -94,7 +98,7 @@ class Report:
             document["text"] = self.text
         if self.reporter is not None:
             document["reporter"] = self.reporter
-        return orjson.dumps(document)
+        return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,11 @@ def parse_report(raw: bytes) -> Report | Rejection:
         return Rejection(
             "not_object", f"message is a JSON {type(document).__name__}, not an object", raw
         )
+    return report_from_document(document, raw)
+
+
+def report_from_document(document: dict[str, Any], raw: bytes = b"") -> Report | Rejection:
+    """Validate an already-decoded report object (internal topics carry it inside envelopes)."""
     try:
         return _report_from(document)
     except _Invalid as invalid:

@@ -1,7 +1,7 @@
-"""The whole chain in-process: validate -> resolve -> rolling graph -> rule, with no broker.
+"""The whole chain in-process: validate -> resolve aliases -> rolling graph -> rule, no broker.
 
-The Faust agents call these same functions stage by stage; tests and the benchmark's
-"no broker" figure call `Pipeline.feed`, so both share one code path.
+The Faust agents run these same steps stage by stage, with topics in between; tests and
+the benchmark's "no broker" figure call `Pipeline.feed`, so both share one code path.
 """
 
 from __future__ import annotations
@@ -11,28 +11,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from graph.contract import Rejection, Report, parse_report
-from graph.identity import actor_id_for
+from graph.aliases import AliasResolver, Hub
+from graph.contract import Rejection, parse_report
 from graph.rules import Alert, CrossRegionRule
 from graph.window import RollingGraph
 
-__all__ = ["Pipeline", "Routed", "Run", "route"]
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """A valid report and the actor it belongs to: what the intake stage forwards."""
-
-    actor_id: str
-    report: Report
-
-
-def route(raw: bytes, secret: bytes) -> Routed | Rejection:
-    """Validate one message and resolve its offender account to an actor."""
-    parsed = parse_report(raw)
-    if isinstance(parsed, Rejection):
-        return parsed
-    return Routed(actor_id_for(parsed.offender_key, secret), parsed)
+__all__ = ["Pipeline", "Run"]
 
 
 @dataclass(slots=True)
@@ -41,28 +25,40 @@ class Run:
 
     alerts: list[Alert] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    hubs: list[Hub] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
 class Pipeline:
-    """validate -> resolve -> graph -> rule over one RollingGraph, synchronously."""
+    """validate -> resolve -> graph -> rule over one resolver and one RollingGraph."""
 
-    def __init__(self, secret: bytes, window_seconds: float, rule: CrossRegionRule) -> None:
-        self.secret = secret
+    def __init__(
+        self,
+        secret: bytes,
+        window_seconds: float,
+        rule: CrossRegionRule,
+        max_accounts_per_signal: int = 20,
+        link_by_text: bool = False,
+    ) -> None:
+        self.resolver = AliasResolver(secret, max_accounts_per_signal, link_by_text)
         self.graph = RollingGraph(window_seconds, rule)
 
     def feed(self, messages: Iterable[bytes], now: float | None = None) -> Run:
         run = Run()
         for raw in messages:
-            routed = route(raw, self.secret)
-            if isinstance(routed, Rejection):
-                run.rejections.append(routed)
+            moment = time.time() if now is None else now
+            report = parse_report(raw)
+            if isinstance(report, Rejection):
+                run.rejections.append(report)
                 run.outcomes["rejected"] += 1
                 continue
-            applied = self.graph.apply(
-                routed.actor_id, routed.report, time.time() if now is None else now
-            )
+            resolution = self.resolver.resolve(report)
+            run.hubs.extend(resolution.hubs)
+            for merge in resolution.merges:
+                state = self.graph.detach(merge.absorbed, merge.into)
+                if state is not None:
+                    run.alerts.extend(self.graph.absorb(merge.into, state, moment))
+            applied = self.graph.apply(resolution.actor_id, report, moment, resolution.links)
             run.outcomes[applied.outcome] += 1
-            if applied.alert is not None:
-                run.alerts.append(applied.alert)
+            run.alerts.extend(applied.alerts)
         return run

@@ -9,10 +9,11 @@ import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agents.graph import GraphPartitions, make_graph_agent
+from agents.graph import GraphStage, make_graph_agent
 from agents.intake import make_intake
+from agents.resolve import ResolveStage, make_resolve_agent
 from graph.contract import partition_key
-from streams.kafka import read_partitions
+from streams.kafka import partition_count, read_partitions
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.transport import LinkwatchApp
@@ -60,24 +61,25 @@ def build_app(
     async def send(*args: Any) -> Any:
         return await app.producer.send(*args)
 
-    reports = app.topic(settings.reports_topic, partitions=settings.partitions)
-    actor_reports = app.topic(settings.actor_reports_topic, partitions=settings.partitions)
-    app.topic(settings.alerts_topic, partitions=settings.partitions)
-    app.topic(settings.rejected_topic, partitions=settings.partitions)
-
-    graphs = GraphPartitions(settings, metrics, send)
-    app.agent(reports, name="intake")(make_intake(settings, metrics, send))
-    app.agent(actor_reports, name="graph")(make_graph_agent(graphs))
-
-    def ours(tps: Any) -> list[int]:
-        return [tp.partition for tp in tps if tp.topic == settings.actor_reports_topic]
+    topics = {
+        name: app.topic(name, partitions=partition_count(settings, name))
+        for name in settings.topics
+    }
+    resolve = ResolveStage(settings, metrics, send)
+    graph = GraphStage(settings, metrics, send)
+    app.agent(topics[settings.reports_topic], name="intake")(make_intake(settings, metrics, send))
+    app.agent(topics[settings.identity_topic], name="resolve")(make_resolve_agent(resolve))
+    app.agent(topics[settings.actor_reports_topic], name="graph")(make_graph_agent(graph))
+    stateful = (resolve.partitions, graph.partitions)
 
     # Faust signals call receivers as (sender, *args, signal=..., **kwargs).
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        graphs.assign(ours(args[0]))
+        for state in stateful:
+            state.assign(tp.partition for tp in args[0] if tp.topic == state.topic)
 
     def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        graphs.revoke(ours(args[0]))
+        for state in stateful:
+            state.revoke(tp.partition for tp in args[0] if tp.topic == state.topic)
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
@@ -93,7 +95,13 @@ def build_app(
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "partitions": sorted(graphs.owned)})
+        return web.json(
+            {
+                "status": "ok",
+                "partitions": sorted(graph.partitions.owned),
+                "resolver": bool(resolve.partitions.owned),
+            }
+        )
 
     if console is not None:
         show = console

@@ -106,12 +106,12 @@ def _broker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _topics(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.kafka import create_topics
+    from streams.kafka import create_topics, partition_count
 
     created = create_topics(settings)
     for name in settings.topics:
         state = "created" if name in created else "exists"
-        print(f"{name}: {state} ({settings.partitions} partitions)")
+        print(f"{name}: {state} ({partition_count(settings, name)} partitions)")
     return 0
 
 

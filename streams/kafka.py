@@ -25,10 +25,17 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     keep_reports = str(int(settings.window_seconds * 1000) + 7 * _DAY_MS)
     return {
         settings.reports_topic: {"retention.ms": keep_reports},
+        settings.identity_topic: {"retention.ms": keep_reports},
         settings.actor_reports_topic: {"retention.ms": keep_reports},
         settings.rejected_topic: {"retention.ms": str(30 * _DAY_MS)},
         settings.alerts_topic: {"retention.ms": "-1"},
+        settings.hubs_topic: {"retention.ms": "-1"},
     }
+
+
+def partition_count(settings: Settings, topic: str) -> int:
+    """The identity topic has one partition, so the alias resolver sees one total order."""
+    return 1 if topic == settings.identity_topic else settings.partitions
 
 
 def create_topics(settings: Settings, replication: int = 1) -> list[str]:
@@ -39,7 +46,14 @@ def create_topics(settings: Settings, replication: int = 1) -> list[str]:
         for name, configs in topic_configs(settings).items():
             try:
                 admin.create_topics(
-                    [NewTopic(name, settings.partitions, replication, topic_configs=configs)]
+                    [
+                        NewTopic(
+                            name,
+                            partition_count(settings, name),
+                            replication,
+                            topic_configs=configs,
+                        )
+                    ]
                 )
                 created.append(name)
             except TopicAlreadyExistsError:

@@ -27,7 +27,30 @@ class Metrics:
         )
         self.alerts = Counter(
             "linkwatch_alerts",
-            "Alerts raised (published to the alerts topic).",
+            "Alerts raised (published to the alerts topic), by kind: serial or brigade.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.merges = Counter(
+            "linkwatch_actor_merges",
+            "Actors merged into another after a shared signal linked their accounts.",
+            registry=self.registry,
+        )
+        self.hubs = Counter(
+            "linkwatch_signal_hubs",
+            "Signal values found on more accounts than max_accounts_per_signal; they no "
+            "longer link.",
+            ["signal"],
+            registry=self.registry,
+        )
+        self.accounts = Gauge(
+            "linkwatch_accounts",
+            "Offender accounts the alias resolver knows.",
+            registry=self.registry,
+        )
+        self.internal_errors = Counter(
+            "linkwatch_internal_errors",
+            "Unreadable records on linkwatch's own internal topics (a bug, never user input).",
             registry=self.registry,
         )
         self.live_edges = Gauge(
@@ -55,6 +78,8 @@ class Metrics:
             self.reports.labels(outcome=str(outcome))
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason=reason)
+        for kind in ("serial", "brigade"):
+            self.alerts.labels(kind=kind)
 
     def reject(self, reason: str) -> None:
         self.reports.labels(outcome="rejected").inc()

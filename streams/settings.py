@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from graph.rules import CrossRegionRule
+
 __all__ = ["DEV_SECRET", "ENV_VARS", "Settings", "SettingsError"]
 
 # Used when LINKWATCH_SECRET is unset. Fine for a laptop demo; a deployment sets its own
@@ -31,6 +33,10 @@ class Settings:
     # Topic names are `{namespace}.reports` and so on; the consumer group is the namespace.
     namespace: str = "linkwatch"
     secret: str = DEV_SECRET
+    max_accounts_per_signal: int = 20
+    link_by_text: bool = False
+    episode_hours: float = 12.0
+    brigade_victims: int = 10
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -41,6 +47,12 @@ class Settings:
             raise SettingsError("LINKWATCH_WINDOW_DAYS must be positive")
         if not 0 < self.web_port < 65536:
             raise SettingsError("LINKWATCH_WEB_PORT must be a TCP port")
+        if self.max_accounts_per_signal < 2:
+            raise SettingsError("LINKWATCH_MAX_ACCOUNTS_PER_SIGNAL must be at least 2")
+        if self.episode_hours < 0:
+            raise SettingsError("LINKWATCH_EPISODE_HOURS must not be negative")
+        if self.brigade_victims < 2:
+            raise SettingsError("LINKWATCH_BRIGADE_VICTIMS must be at least 2")
 
     @property
     def window_seconds(self) -> float:
@@ -59,6 +71,11 @@ class Settings:
         return f"{self.namespace}.reports.rejected"
 
     @property
+    def identity_topic(self) -> str:
+        """Internal, one partition: valid reports in one order for the alias resolver."""
+        return f"{self.namespace}.identity"
+
+    @property
     def actor_reports_topic(self) -> str:
         """Internal: valid reports keyed by actor id, so one actor's reports share a partition."""
         return f"{self.namespace}.actor-reports"
@@ -68,13 +85,23 @@ class Settings:
         return f"{self.namespace}.alerts"
 
     @property
+    def hubs_topic(self) -> str:
+        """Signal values found on too many accounts to link by (fingerprints, not values)."""
+        return f"{self.namespace}.signal-hubs"
+
+    @property
     def topics(self) -> tuple[str, ...]:
         return (
             self.reports_topic,
             self.rejected_topic,
+            self.identity_topic,
             self.actor_reports_topic,
             self.alerts_topic,
+            self.hubs_topic,
         )
+
+    def rule(self) -> CrossRegionRule:
+        return CrossRegionRule(self.min_regions, self.episode_hours, self.brigade_victims)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,7 +112,7 @@ class Settings:
             if text is None or text == "":
                 continue
             try:
-                values[name] = kind(text)
+                values[name] = _flag(text) if kind is bool else kind(text)
             except ValueError:
                 raise SettingsError(f"{variable}={text!r} is not a valid {kind.__name__}") from None
         return cls(**values)
@@ -105,4 +132,17 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "window_days": ("LINKWATCH_WINDOW_DAYS", float),
     "namespace": ("LINKWATCH_NAMESPACE", str),
     "secret": ("LINKWATCH_SECRET", str),
+    "max_accounts_per_signal": ("LINKWATCH_MAX_ACCOUNTS_PER_SIGNAL", int),
+    "link_by_text": ("LINKWATCH_LINK_BY_TEXT", bool),
+    "episode_hours": ("LINKWATCH_EPISODE_HOURS", float),
+    "brigade_victims": ("LINKWATCH_BRIGADE_VICTIMS", int),
 }
+
+
+def _flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)

@@ -41,7 +41,7 @@ def test_reports_become_one_alert_and_bad_lines_are_rejected_with_reasons(
     assert 'linkwatch_reports_total{outcome="accepted"} 3.0' in metrics
     assert 'linkwatch_reports_total{outcome="rejected"} 4.0' in metrics
     assert 'linkwatch_rejections_total{reason="not_utf8"} 1.0' in metrics
-    assert "linkwatch_alerts_total 1.0" in metrics
+    assert 'linkwatch_alerts_total{kind="serial"} 1.0' in metrics
     assert "linkwatch_live_edges 3.0" in metrics
 
 

@@ -23,12 +23,11 @@ def graph(window_days: float = 365, min_regions: int = 3) -> RollingGraph:
 
 
 def apply_all(rolling: RollingGraph, reports: list[Report], actor: str = "actor-1") -> list[int]:
-    """Apply in order; returns the levels of the alerts raised."""
+    """Apply in order; returns the levels of the serial alerts raised."""
     levels = []
     for item in reports:
         applied = rolling.apply(actor, item, now=0.0)
-        if applied.alert is not None:
-            levels.append(applied.alert.level)
+        levels += [alert.level for alert in applied.alerts if alert.kind == "serial"]
     return levels
 
 
@@ -39,12 +38,12 @@ def test_three_victims_in_three_regions_raise_one_alert_with_the_contract_fields
         report("tom", "sam", "suffolk", report_id="b", at=timedelta(days=30)),
         report("tom", "jess", "kent", report_id="c", at=timedelta(days=60)),
     ]
-    alerts = [rolling.apply("actor-1", item, now=1e9).alert for item in reports]
-    assert alerts[:2] == [None, None]
-    alert = alerts[2]
-    assert alert is not None
+    alerts = [rolling.apply("actor-1", item, now=1e9).alerts for item in reports]
+    assert alerts[:2] == [(), ()]
+    [alert] = alerts[2]
     document = alert.to_dict()
     assert document["alert_id"] == "actor-1-L3"
+    assert document["kind"] == "serial"
     assert document["level"] == 3
     assert document["regions"] == ["kent", "norfolk", "suffolk"]
     assert document["victim_count"] == 3
@@ -55,12 +54,14 @@ def test_three_victims_in_three_regions_raise_one_alert_with_the_contract_fields
     assert document["first_seen"] == "2025-03-01T12:00:00Z"
     assert document["last_seen"] == "2025-04-30T12:00:00Z"
     assert document["raised_at"] == "2001-09-09T01:46:40Z"
-    assert "3 victims in 3 regions" in document["reason"]
+    assert "victims in 3 regions (kent, norfolk, suffolk)" in document["reason"]
 
 
 def test_many_victims_in_two_regions_never_alert() -> None:
     rolling = graph()
-    reports = [report("tom", f"v{i}", ["kent", "essex"][i % 2]) for i in range(40)]
+    reports = [
+        report("tom", f"v{i}", ["kent", "essex"][i % 2], at=timedelta(days=i)) for i in range(40)
+    ]
     assert apply_all(rolling, reports) == []
 
 
@@ -75,7 +76,7 @@ def test_one_victim_who_moves_counts_in_one_region_only() -> None:
     assert apply_all(rolling, reports) == []
     actor = rolling.actor("actor-1")
     assert actor is not None
-    assert actor.victims_by_region == {"kent": 2}
+    assert actor.regions() == {"kent"}
     assert actor.edges["chirp:ellie"].regions == {"norfolk", "suffolk", "kent"}
 
 
@@ -92,7 +93,10 @@ def test_a_redelivered_report_changes_nothing() -> None:
 
 def test_redelivery_of_the_completing_report_does_not_alert_twice() -> None:
     rolling = graph()
-    reports = [report("tom", f"v{i}", region) for i, region in enumerate(["a", "b", "c"])]
+    reports = [
+        report("tom", f"v{i}", region, at=timedelta(days=i))
+        for i, region in enumerate(["a", "b", "c"])
+    ]
     assert apply_all(rolling, reports + reports) == [3]
 
 
@@ -166,11 +170,14 @@ def test_no_realert_when_regions_shrink_and_grow_back_to_a_raised_level() -> Non
 
 def test_alerts_already_published_are_not_raised_again() -> None:
     rolling = graph()
-    rolling.mark_raised("actor-1", 3)
-    reports = [report("tom", f"v{i}", r) for i, r in enumerate(["a", "b", "c", "d"])]
+    rolling.mark_raised({"actor_id": "actor-1", "kind": "serial", "level": 3})
+    reports = [
+        report("tom", f"v{i}", r, at=timedelta(days=i)) for i, r in enumerate(["a", "b", "c", "d"])
+    ]
     assert apply_all(rolling, reports) == [4]
 
 
 def test_min_regions_is_configurable() -> None:
     rolling = graph(min_regions=2)
-    assert apply_all(rolling, [report("tom", "v1", "a"), report("tom", "v2", "b")]) == [2]
+    reports = [report("tom", "v1", "a"), report("tom", "v2", "b", at=timedelta(days=1))]
+    assert apply_all(rolling, reports) == [2]

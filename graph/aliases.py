@@ -1,0 +1,187 @@
+"""Alias linking: offender accounts that share a strong signal are one actor.
+
+The resolver is a union-find over offender accounts (`platform:account`). A report whose
+offender carries a strong signal value (email_hash, phone_hash, device_id; optionally the
+opening line of its text) is linked to the first account seen with that value. Linking is
+transitive and incremental: one report can merge two actors. `ip` is weak and never links.
+A value seen on more than `max_accounts_per_signal` accounts is a hub (carrier NAT, a shared
+device, the hash of an empty string) and links nothing more.
+
+Deterministic for a given order of reports, so a worker rebuilds it by replaying its input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from graph.contract import Report
+from graph.identity import actor_id_for
+
+__all__ = [
+    "STRONG_SIGNALS",
+    "AliasResolver",
+    "Hub",
+    "Link",
+    "Merge",
+    "Resolution",
+    "opener_of",
+]
+
+STRONG_SIGNALS = ("email_hash", "phone_hash", "device_id")
+OPENER = "text_opener"
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
+_NOT_WORD = re.compile(r"[^\w\s']+")
+
+
+def opener_of(text: str | None) -> str | None:
+    """The first sentence of a message, normalised, when long enough to mean something."""
+    if not text:
+        return None
+    first = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+    words = _NOT_WORD.sub(" ", first.lower()).split()
+    if len(words) < 3:
+        return None
+    return " ".join(words)[:120]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Why two accounts are one actor: they shared a value of this signal."""
+
+    accounts: tuple[str, str]
+    signal: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accounts": list(self.accounts), "signal": self.signal}
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> Link:
+        first, second = document["accounts"]
+        return cls((str(first), str(second)), str(document["signal"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Actor `absorbed` is now part of actor `into` (the older of the two keeps its id)."""
+
+    absorbed: str
+    into: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hub:
+    """A signal value that reached more accounts than one person plausibly has."""
+
+    signal: str
+    fingerprint: str
+    accounts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    actor_id: str
+    links: tuple[Link, ...] = ()
+    merges: tuple[Merge, ...] = ()
+    hubs: tuple[Hub, ...] = ()
+
+
+@dataclass(slots=True)
+class _Value:
+    accounts: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
+
+
+class AliasResolver:
+    def __init__(
+        self, secret: bytes, max_accounts_per_signal: int = 20, link_by_text: bool = False
+    ) -> None:
+        if max_accounts_per_signal < 2:
+            raise ValueError("max_accounts_per_signal must be at least 2")
+        self.secret = secret
+        self.max_accounts_per_signal = max_accounts_per_signal
+        self.link_by_text = link_by_text
+        self._parent: dict[str, str] = {}
+        self._founder: dict[str, tuple[int, str]] = {}  # root -> (order, founding account)
+        self._values: dict[str, _Value] = {}
+        self._hubs: set[str] = set()
+        self._order = 0
+
+    @property
+    def accounts(self) -> int:
+        return len(self._parent)
+
+    @property
+    def hubs(self) -> int:
+        return len(self._hubs)
+
+    def actor_of(self, account: str) -> str:
+        return actor_id_for(self._founder[self._find(account)][1], self.secret)
+
+    def resolve(self, report: Report) -> Resolution:
+        account = report.offender_key
+        if account not in self._parent:
+            self._parent[account] = account
+            self._founder[account] = (self._order, account)
+            self._order += 1
+        links: list[Link] = []
+        merges: list[Merge] = []
+        hubs: list[Hub] = []
+        for signal, value in self._strong_signals(report):
+            key = f"{signal}\x00{value}"
+            if key in self._hubs:
+                continue
+            known = self._values.get(key)
+            if known is None:
+                known = self._values[key] = _Value()
+            if account in known.accounts:
+                continue
+            known.accounts[account] = None
+            if len(known.accounts) > self.max_accounts_per_signal:
+                self._hubs.add(key)
+                del self._values[key]
+                hubs.append(Hub(signal, self._fingerprint(key), len(known.accounts)))
+                continue
+            first = next(iter(known.accounts))
+            merge = self._union(first, account)
+            if merge is not None:
+                links.append(Link((first, account), signal))
+                merges.append(merge)
+        return Resolution(self.actor_of(account), tuple(links), tuple(merges), tuple(hubs))
+
+    def _strong_signals(self, report: Report) -> list[tuple[str, str]]:
+        signals = [
+            (name, report.offender_signals[name])
+            for name in STRONG_SIGNALS
+            if name in report.offender_signals
+        ]
+        if self.link_by_text:
+            opener = opener_of(report.text)
+            if opener is not None:
+                signals.append((OPENER, opener))
+        return signals
+
+    def _find(self, account: str) -> str:
+        parent = self._parent
+        root = account
+        while parent[root] != root:
+            root = parent[root]
+        while parent[account] != root:  # path compression
+            parent[account], account = root, parent[account]
+        return root
+
+    def _union(self, first: str, second: str) -> Merge | None:
+        a, b = self._find(first), self._find(second)
+        if a == b:
+            return None
+        older, newer = (a, b) if self._founder[a] < self._founder[b] else (b, a)
+        absorbed = actor_id_for(self._founder[newer][1], self.secret)
+        self._parent[newer] = older
+        del self._founder[newer]
+        return Merge(absorbed=absorbed, into=actor_id_for(self._founder[older][1], self.secret))
+
+    def _fingerprint(self, key: str) -> str:
+        return hmac.new(self.secret, key.encode(), hashlib.sha256).hexdigest()[:16]

@@ -1,0 +1,105 @@
+"""Alias linking: which accounts become one actor, why, and what never links."""
+
+from __future__ import annotations
+
+from graph.aliases import AliasResolver, Link, Merge, opener_of
+from graph.contract import Report, parse_report
+from graph.identity import actor_id_for
+from tests.factories import encode, make_report
+
+SECRET = b"test-secret"
+
+
+def report(account: str, text: str | None = None, **signals: str) -> Report:
+    parsed = parse_report(encode(make_report(account, signals=signals, text=text)))
+    assert isinstance(parsed, Report)
+    return parsed
+
+
+def actor(account: str) -> str:
+    return actor_id_for(f"chirp:{account}", SECRET)
+
+
+def test_accounts_without_shared_signals_stay_apart() -> None:
+    resolver = AliasResolver(SECRET)
+    assert resolver.resolve(report("a", phone_hash="p1")).actor_id == actor("a")
+    assert resolver.resolve(report("b", phone_hash="p2")).actor_id == actor("b")
+
+
+def test_a_shared_strong_signal_links_and_the_older_actor_keeps_its_id() -> None:
+    resolver = AliasResolver(SECRET)
+    resolver.resolve(report("a", email_hash="e1"))
+    second = resolver.resolve(report("b", email_hash="e1"))
+    assert second.actor_id == actor("a")
+    assert second.links == (Link(("chirp:a", "chirp:b"), "email_hash"),)
+    assert second.merges == (Merge(absorbed=actor("b"), into=actor("a")),)
+
+
+def test_chain_of_different_signals_is_transitive() -> None:
+    resolver = AliasResolver(SECRET)
+    resolver.resolve(report("a", phone_hash="p1"))
+    resolver.resolve(report("b", phone_hash="p1", email_hash="e2"))
+    resolver.resolve(report("c", email_hash="e2", device_id="d3"))
+    resolver.resolve(report("d", device_id="d3"))
+    assert {resolver.actor_of(f"chirp:{x}") for x in "abcd"} == {actor("a")}
+
+
+def test_star_around_one_device() -> None:
+    resolver = AliasResolver(SECRET)
+    for name in "abcdef":
+        resolver.resolve(report(name, device_id="shared-laptop"))
+    assert {resolver.actor_of(f"chirp:{x}") for x in "abcdef"} == {actor("a")}
+
+
+def test_one_report_bridges_two_existing_actors() -> None:
+    resolver = AliasResolver(SECRET)
+    resolver.resolve(report("a", phone_hash="p1"))
+    resolver.resolve(report("b", phone_hash="p1"))
+    resolver.resolve(report("c", email_hash="e9"))
+    resolver.resolve(report("d", email_hash="e9"))
+    bridge = resolver.resolve(report("b", email_hash="e9"))
+    assert bridge.merges == (Merge(absorbed=actor("c"), into=actor("a")),)
+    assert {resolver.actor_of(f"chirp:{x}") for x in "abcd"} == {actor("a")}
+
+
+def test_a_signal_seen_again_on_the_same_account_links_nothing_new() -> None:
+    resolver = AliasResolver(SECRET)
+    resolver.resolve(report("a", phone_hash="p1"))
+    again = resolver.resolve(report("a", phone_hash="p1"))
+    assert again.links == () and again.merges == ()
+
+
+def test_ip_is_weak_and_never_links_alone() -> None:
+    resolver = AliasResolver(SECRET)
+    for name in "abc":
+        assert resolver.resolve(report(name, ip="100.64.0.1")).actor_id == actor(name)
+
+
+def test_hub_guard_stops_linking_past_the_limit_and_reports_the_hub_once() -> None:
+    resolver = AliasResolver(SECRET, max_accounts_per_signal=3)
+    empty = "e3b0c44298fc1c149afbf4c8996fb924"  # the hash of an empty string, say
+    results = [resolver.resolve(report(f"u{i}", email_hash=empty)) for i in range(50)]
+    hubs = [hub for result in results for hub in result.hubs]
+    assert len(hubs) == 1
+    assert hubs[0].signal == "email_hash" and hubs[0].accounts == 4
+    assert empty not in hubs[0].fingerprint
+    # The first three share an actor (as far as the limit allows); nobody after them does.
+    assert {result.actor_id for result in results[:3]} == {actor("u0")}
+    assert [result.actor_id for result in results[3:]] == [actor(f"u{i}") for i in range(3, 50)]
+    assert resolver.hubs == 1
+
+
+def test_text_openers_link_only_when_configured() -> None:
+    opener = "Can I tell you a secret? I saw your photos."
+    plain = AliasResolver(SECRET)
+    assert plain.resolve(report("a", text=opener)).actor_id == actor("a")
+    assert plain.resolve(report("b", text=opener)).actor_id == actor("b")
+    linking = AliasResolver(SECRET, link_by_text=True)
+    linking.resolve(report("a", text=opener))
+    assert linking.resolve(report("b", text="can i tell you a SECRET?!")).actor_id == actor("a")
+
+
+def test_opener_is_the_normalised_first_sentence() -> None:
+    assert opener_of("Can I tell you a secret?  I saw your photos.") == "can i tell you a secret"
+    assert opener_of("hi") is None
+    assert opener_of(None) is None
