@@ -123,7 +123,8 @@ class AliasResolver:
 
     def resolve(self, report: Report) -> Resolution:
         account = report.offender_key
-        if account not in self._parent:
+        new = account not in self._parent
+        if new:
             self._parent[account] = account
             self._founder[account] = (self._order, account)
             self._order += 1
@@ -149,7 +150,9 @@ class AliasResolver:
             merge = self._union(first, account)
             if merge is not None:
                 links.append(Link((first, account), signal))
-                merges.append(merge)
+                # An account first seen in this very report has no state anywhere to move.
+                if not (new and merge.absorbed == actor_id_for(account, self.secret)):
+                    merges.append(merge)
         return Resolution(self.actor_of(account), tuple(links), tuple(merges), tuple(hubs))
 
     def _strong_signals(self, report: Report) -> list[tuple[str, str]]:

@@ -32,7 +32,11 @@ def test_a_shared_strong_signal_links_and_the_older_actor_keeps_its_id() -> None
     second = resolver.resolve(report("b", email_hash="e1"))
     assert second.actor_id == actor("a")
     assert second.links == (Link(("chirp:a", "chirp:b"), "email_hash"),)
-    assert second.merges == (Merge(absorbed=actor("b"), into=actor("a")),)
+    # b is new: it joins a's actor, and there is no state of b's to move.
+    assert second.merges == ()
+    resolver.resolve(report("c", phone_hash="p3"))
+    third = resolver.resolve(report("c", email_hash="e1"))
+    assert third.merges == (Merge(absorbed=actor("c"), into=actor("a")),)
 
 
 def test_chain_of_different_signals_is_transitive() -> None:

@@ -1,0 +1,92 @@
+"""Alias linking on a real broker: merges across partitions, and recovery after a kill."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from graph.identity import actor_id_for
+from tests.factories import encode, make_report
+from tests.integration.conftest import Deployment
+
+
+def partition_of(deployment: Deployment, account: str) -> int:
+    settings = deployment.settings
+    actor = actor_id_for(f"chirp:{account}", settings.secret_bytes).encode()
+    partitions = list(range(settings.partitions))
+    return int(DefaultPartitioner()(actor, partitions, partitions))
+
+
+def accounts_on_distinct_partitions(deployment: Deployment, count: int) -> list[str]:
+    chosen: dict[int, str] = {}
+    for i in range(1000):
+        chosen.setdefault(partition_of(deployment, f"alias-{i}"), f"alias-{i}")
+        if len(chosen) == count:
+            return list(chosen.values())
+    raise AssertionError("could not spread accounts over partitions")
+
+
+def test_a_bridging_report_merges_actors_from_other_partitions_and_survives_a_kill(
+    deployment: Deployment,
+) -> None:
+    first, second, third, fourth = accounts_on_distinct_partitions(deployment, 4)
+    worker = deployment.worker()
+    deployment.push(
+        [
+            encode(make_report(first, "v1", "norfolk", signals={"phone_hash": "p1"})),
+            encode(
+                make_report(
+                    third,
+                    "v3",
+                    "kent",
+                    at=timedelta(days=20),
+                    signals={"email_hash": "e1", "device_id": "d1"},
+                )
+            ),
+        ],
+        name="apart.jsonl",
+    )
+    # `second` shares a phone with `first` and an email with `third`: one actor, three regions.
+    deployment.push(
+        [
+            encode(
+                make_report(
+                    second,
+                    "v2",
+                    "suffolk",
+                    at=timedelta(days=40),
+                    signals={"phone_hash": "p1", "email_hash": "e1", "ip": "10.0.0.1"},
+                )
+            )
+        ],
+        name="bridge.jsonl",
+    )
+    [alert] = deployment.wait_for_alerts(1)
+    assert alert["kind"] == "serial" and alert["level"] == 3
+    assert alert["accounts"] == sorted(f"chirp:{a}" for a in (first, second, third))
+    assert sorted(link["signal"] for link in alert["links"]) == ["email_hash", "phone_hash"]
+    # The actor first seen by the resolver keeps its id; the two pushed together may arrive
+    # in either order, since they sit on different partitions of the reports topic.
+    secret = deployment.settings.secret_bytes
+    assert alert["actor_id"] in {actor_id_for(f"chirp:{a}", secret) for a in (first, third)}
+    assert len(alert["merged_actor_ids"]) == 1
+
+    worker.kill()
+    deployment.worker()
+    # After the kill, `fourth` links to `third` through the device: the resolver's state
+    # (which account is whose) and the graph (three regions) must both have been rebuilt.
+    deployment.push(
+        [
+            encode(
+                make_report(
+                    fourth, "v4", "devon", at=timedelta(days=60), signals={"device_id": "d1"}
+                )
+            )
+        ],
+        name="after-kill.jsonl",
+    )
+    alerts = deployment.wait_for_alerts(2)
+    assert [a["level"] for a in alerts] == [3, 4]
+    assert alerts[1]["accounts"] == sorted(f"chirp:{a}" for a in (first, second, third, fourth))
+    assert alerts[1]["actor_id"] == alert["actor_id"]
