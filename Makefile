@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit integration lint typecheck bench bench-quick clean
+.PHONY: install run test unit integration lint typecheck bench bench-quick eval clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ typecheck: install
 
 bench: install
 	$(BIN)/python -m streams.bench
+
+eval: install
+	$(BIN)/python -m streams.evaluate
 
 bench-quick: install
 	$(BIN)/python -m streams.bench --reports 30000 --latency-cases 50 --out bench/result-quick.json

@@ -1,14 +1,11 @@
-"""Graph agent: apply actor-keyed records to the rolling graph of their partition, raise alerts.
+"""Graph agent: apply actor-keyed records to the graph of their partition, raise alerts.
 
-Three kinds of record arrive on `actor-reports`, each keyed by the actor it concerns:
-- `report`: a report resolved to its actor, with the alias links it created;
-- `merge`: the actor was merged into an older one; its state leaves this partition as
-- `absorb`: a merged actor's state, folded into the surviving actor (the rule re-checked at
-  once). An absorb for an actor that itself merged away meanwhile is forwarded on.
-
-Which alerts exist is read back from the alerts topic when a partition's graph is rebuilt
-(alerts for partition P always go to alerts partition P), so replay and redelivery never
-raise an alert id twice, and an alert lost in a crash is raised when its input replays.
+The records (report, merge, await, absorb) and what each does are in graph/records.py; this
+agent feeds them to the PartitionGraph of their partition, publishes the alerts and sends the
+absorbs a merge produces. Which alerts already exist is read back from the alerts topic
+when a partition's graph is rebuilt (alerts for partition P always go to alerts partition P),
+so replay and redelivery never raise an alert id twice, and an alert lost in a crash is
+raised when its input is replayed.
 """
 
 from __future__ import annotations
@@ -22,9 +19,7 @@ from typing import Any
 import orjson
 
 from agents.replay import Message, PartitionedState, Send
-from graph.aliases import Link
-from graph.contract import Rejection, report_from_document
-from graph.rules import Alert
+from graph.records import InvalidRecord, PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import read_partitions
 from streams.metrics import Metrics
@@ -39,69 +34,66 @@ BATCH_WITHIN = 0.05
 
 
 class GraphStage:
-    """The rolling graphs of the actor-reports partitions this worker owns."""
+    """The partition graphs of the actor-reports partitions this worker owns."""
 
     def __init__(self, settings: Settings, metrics: Metrics, send: Send) -> None:
         self.settings = settings
         self.metrics = metrics
         self.send = send
         self.rule = settings.rule()
-        self.partitions: PartitionedState[RollingGraph] = PartitionedState(
+        self.partitions: PartitionedState[PartitionGraph] = PartitionedState(
             settings.bootstrap, settings.actor_reports_topic, self._create, self._apply
         )
 
     def graphs(self) -> list[RollingGraph]:
-        return self.partitions.states()
+        return [partition.graph for partition in self.partitions.states()]
 
     def refresh_gauges(self) -> None:
         graphs = self.graphs()
         self.metrics.live_edges.set(sum(graph.live_edges for graph in graphs))
         self.metrics.actors.set(sum(graph.actor_count for graph in graphs))
 
-    async def _create(self, partition: int) -> RollingGraph:
+    async def _create(self, partition: int) -> PartitionGraph:
         graph = RollingGraph(self.settings.window_seconds, self.rule)
         async for records in read_partitions(
             self.settings.bootstrap, self.settings.alerts_topic, [partition]
         ):
             for record in records:
                 graph.mark_raised(orjson.loads(record.value))
-        return graph
+        return PartitionGraph(graph)
 
     async def _apply(
-        self, partition: int, graph: RollingGraph, message: Message, replaying: bool
+        self, partition: int, graph: PartitionGraph, message: Message, replaying: bool
     ) -> list[Any]:
         try:
             record = orjson.loads(message.value or b"")
-            kind = record["kind"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            return self._internal_error("an unreadable record")
-        now = time.time()
-        alerts: tuple[Alert, ...] = ()
-        deliveries: list[Any] = []
-        if kind == "report":
-            report = report_from_document(record["report"])
-            if isinstance(report, Rejection) or not message.key:
-                return self._internal_error("an invalid report")
-            links = [Link.from_dict(link) for link in record.get("links", ())]
-            applied = graph.apply(message.key.decode(), report, now, links)
-            alerts = applied.alerts
-            if not replaying:
-                self.metrics.reports.labels(outcome=str(applied.outcome)).inc()
-        elif kind == "merge":
-            state = graph.detach(record["from"], record["into"])
-            if state is not None and not replaying:
-                deliveries.append(await self._send_absorb(record["into"], state))
-        elif kind == "absorb":
-            into = record["into"]
-            onward = graph.forwarded_to(into)
-            if onward is not None:
-                if not replaying:
-                    deliveries.append(await self._send_absorb(onward, record["state"]))
-            else:
-                alerts = graph.absorb(into, record["state"], now)
-        else:
-            return self._internal_error(f"a record of unknown kind {kind!r}")
-        for alert in alerts:
+            handled = graph.handle((message.key or b"").decode(), record, time.time())
+        except (orjson.JSONDecodeError, InvalidRecord, KeyError, TypeError, AttributeError) as exc:
+            # Only linkwatch writes this topic: this is a bug or a foreign writer, never input.
+            log.error(
+                "skipped an unreadable record on %s: %s",
+                self.settings.actor_reports_topic,
+                type(exc).__name__,
+            )
+            self.metrics.internal_errors.inc()
+            return []
+        deliveries = []
+        if not replaying:
+            for outcome in handled.outcomes:
+                self.metrics.reports.labels(outcome=str(outcome)).inc()
+            for key, onward in handled.sends:
+                self.metrics.merges.inc()
+                deliveries.append(
+                    await self.send(
+                        self.settings.actor_reports_topic,
+                        key.encode(),
+                        orjson.dumps(onward),
+                        None,
+                        None,
+                        None,
+                    )
+                )
+        for alert in handled.alerts:
             self.metrics.alerts.labels(kind=alert.kind).inc()
             deliveries.append(
                 await self.send(
@@ -114,19 +106,6 @@ class GraphStage:
                 )
             )
         return deliveries
-
-    async def _send_absorb(self, into: str, state: dict[str, Any]) -> Any:
-        self.metrics.merges.inc()
-        record = {"kind": "absorb", "into": into, "state": state}
-        return await self.send(
-            self.settings.actor_reports_topic, into.encode(), orjson.dumps(record), None, None, None
-        )
-
-    def _internal_error(self, what: str) -> list[Any]:
-        # Only linkwatch writes this topic: this is a bug or a foreign writer, never input.
-        log.error("skipped %s on %s", what, self.settings.actor_reports_topic)
-        self.metrics.internal_errors.inc()
-        return []
 
 
 def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:

@@ -18,6 +18,7 @@ import orjson
 from agents.replay import Message, PartitionedState, Send
 from graph.aliases import AliasResolver
 from graph.contract import Rejection, report_from_document
+from graph.records import resolution_records
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -63,18 +64,6 @@ class ResolveStage:
             return []
         settings, send = self.settings, self.send
         deliveries = []
-        for merge in resolution.merges:
-            marker = {"kind": "merge", "from": merge.absorbed, "into": merge.into}
-            deliveries.append(
-                await send(
-                    settings.actor_reports_topic,
-                    merge.absorbed.encode(),
-                    orjson.dumps(marker),
-                    None,
-                    None,
-                    None,
-                )
-            )
         for hub in resolution.hubs:
             self.metrics.hubs.labels(signal=hub.signal).inc()
             log.warning("signal hub: a %s value reached %d accounts", hub.signal, hub.accounts)
@@ -82,21 +71,18 @@ class ResolveStage:
             deliveries.append(
                 await send(settings.hubs_topic, None, orjson.dumps(value), None, None, None)
             )
-        record: dict[str, Any] = {
-            "kind": "report",
-            "report": document,
-            "links": [link.to_dict() for link in resolution.links],
-        }
-        deliveries.append(
-            await send(
-                settings.actor_reports_topic,
-                resolution.actor_id.encode(),
-                orjson.dumps(record),
-                None,
-                getattr(message, "timestamp", None),
-                None,
+        timestamp = getattr(message, "timestamp", None)
+        for key, record in resolution_records(resolution, document):
+            deliveries.append(
+                await send(
+                    settings.actor_reports_topic,
+                    key.encode(),
+                    orjson.dumps(record),
+                    None,
+                    timestamp,
+                    None,
+                )
             )
-        )
         return deliveries
 
 

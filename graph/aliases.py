@@ -22,6 +22,7 @@ from graph.contract import Report
 from graph.identity import actor_id_for
 
 __all__ = [
+    "DEGENERATE_VALUES",
     "STRONG_SIGNALS",
     "AliasResolver",
     "Hub",
@@ -33,6 +34,21 @@ __all__ = [
 
 STRONG_SIGNALS = ("email_hash", "phone_hash", "device_id")
 OPENER = "text_opener"
+
+
+def _degenerate_values() -> frozenset[str]:
+    """Values that stand for "nothing": a platform that hashes an empty field produces the
+    same hash for every such account. The hub guard would stop them only after gluing
+    `max_accounts_per_signal` strangers together, so they are hubs from the first sight."""
+    blanks = ("", "0", "null", "none", "unknown", "n/a", "undefined", "-")
+    values = set(blanks)
+    for blank in blanks:
+        for algorithm in ("md5", "sha1", "sha256"):
+            values.add(hashlib.new(algorithm, blank.encode()).hexdigest())
+    return frozenset(values)
+
+
+DEGENERATE_VALUES = _degenerate_values()
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 _NOT_WORD = re.compile(r"[^\w\s']+")
@@ -134,6 +150,10 @@ class AliasResolver:
         for signal, value in self._strong_signals(report):
             key = f"{signal}\x00{value}"
             if key in self._hubs:
+                continue
+            if value.strip().lower() in DEGENERATE_VALUES:
+                self._hubs.add(key)
+                hubs.append(Hub(signal, self._fingerprint(key), 1))
                 continue
             known = self._values.get(key)
             if known is None:

@@ -1,18 +1,20 @@
-"""The whole chain in-process: validate -> resolve aliases -> rolling graph -> rule, no broker.
+"""The whole chain in-process: validate -> resolve aliases -> partition graphs -> rule.
 
-The Faust agents run these same steps stage by stage, with topics in between; tests and
-the benchmark's "no broker" figure call `Pipeline.feed`, so both share one code path.
+The Faust agents run these same steps stage by stage with Kafka topics in between; here
+the topics are in-memory queues. Tests and the benchmark's "no broker" figure call
+`Pipeline.feed`, so both share one code path with the agents.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from graph.aliases import AliasResolver, Hub
 from graph.contract import Rejection, parse_report
+from graph.records import PartitionGraph, partition_of, resolution_records
 from graph.rules import Alert, CrossRegionRule
 from graph.window import RollingGraph
 
@@ -30,7 +32,7 @@ class Run:
 
 
 class Pipeline:
-    """validate -> resolve -> graph -> rule over one resolver and one RollingGraph."""
+    """validate -> resolve -> graph -> rule over one resolver and `partitions` graphs."""
 
     def __init__(
         self,
@@ -39,9 +41,12 @@ class Pipeline:
         rule: CrossRegionRule,
         max_accounts_per_signal: int = 20,
         link_by_text: bool = False,
+        partitions: int = 1,
     ) -> None:
         self.resolver = AliasResolver(secret, max_accounts_per_signal, link_by_text)
-        self.graph = RollingGraph(window_seconds, rule)
+        self.partitions = [
+            PartitionGraph(RollingGraph(window_seconds, rule)) for _ in range(partitions)
+        ]
 
     def feed(self, messages: Iterable[bytes], now: float | None = None) -> Run:
         run = Run()
@@ -54,11 +59,13 @@ class Pipeline:
                 continue
             resolution = self.resolver.resolve(report)
             run.hubs.extend(resolution.hubs)
-            for merge in resolution.merges:
-                state = self.graph.detach(merge.absorbed, merge.into)
-                if state is not None:
-                    run.alerts.extend(self.graph.absorb(merge.into, state, moment))
-            applied = self.graph.apply(resolution.actor_id, report, moment, resolution.links)
-            run.outcomes[applied.outcome] += 1
-            run.alerts.extend(applied.alerts)
+            # The actor-reports topic, as a queue: records and the absorbs they cause.
+            queue = deque(resolution_records(resolution, report.to_document()))
+            while queue:
+                key, record = queue.popleft()
+                partition = self.partitions[partition_of(key, len(self.partitions))]
+                handled = partition.handle(key, record, moment)
+                run.outcomes.update(str(outcome) for outcome in handled.outcomes)
+                run.alerts.extend(handled.alerts)
+                queue.extend(handled.sends)
         return run

@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("file", type=Path)
     push.set_defaults(command=_push)
 
+    sim = commands.add_parser(
+        "simulate",
+        parents=[common],
+        help="write a synthetic stream with ground truth (reports.jsonl, truth.json)",
+    )
+    sim.add_argument("out", type=Path, help="output directory")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--scale", type=int, default=1, help="1 is about 600 lines")
+    sim.set_defaults(command=_simulate)
+
     alerts = commands.add_parser("alerts", parents=[common], help="print the alerts")
     alerts.add_argument("--follow", action="store_true", help="keep waiting for new alerts")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -240,6 +250,22 @@ class _Progress:
             self.out.write("\n")
         self.out.write(f"{sent:,} reports in {elapsed:.1f}s ({sent / elapsed:,.0f}/s)\n")
         self.out.flush()
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.simulate import simulate
+
+    truth = simulate(args.out, args.seed, args.scale)
+    kinds: dict[str, int] = {}
+    for person in truth["people"].values():
+        kinds[person["kind"]] = kinds.get(person["kind"], 0) + 1
+    print(
+        f"wrote {truth['lines']} lines to {args.out / 'reports.jsonl'} "
+        f"({truth['duplicate_lines']} redelivered, {truth['malformed_lines']} malformed) "
+        f"and the truth to {args.out / 'truth.json'}: "
+        + ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    )
+    return 0
 
 
 def _alerts(settings: Settings, args: argparse.Namespace) -> int:

@@ -107,3 +107,14 @@ def test_opener_is_the_normalised_first_sentence() -> None:
     assert opener_of("Can I tell you a secret?  I saw your photos.") == "can i tell you a secret"
     assert opener_of("hi") is None
     assert opener_of(None) is None
+
+
+def test_the_hash_of_an_empty_string_never_links_anyone() -> None:
+    import hashlib
+
+    resolver = AliasResolver(SECRET)
+    empty = hashlib.sha256(b"").hexdigest()
+    first = resolver.resolve(report("a", email_hash=empty))
+    assert len(first.hubs) == 1
+    assert resolver.resolve(report("b", email_hash=empty)).actor_id == actor("b")
+    assert resolver.resolve(report("c", phone_hash="NULL")).actor_id == actor("c")

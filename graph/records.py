@@ -1,0 +1,166 @@
+"""The actor-reports record protocol: how reports and merges reach the partition graphs.
+
+The resolver turns each report into records keyed by actor id. For a merge of actor Y into
+actor X it sends, in this order:
+- `merge` (key Y) to Y's partition: its owner detaches Y and sends its state on as
+- `absorb` (key X) to X's partition, which folds it into X and checks the rule;
+- `await` (key X) to X's partition, which holds X's later records until Y's absorb arrives,
+  so a merge is applied before the reports that follow it, as in a sequential run;
+- `report` (key X): the report itself, with the links it created.
+
+A `PartitionGraph` applies these records to one partition's RollingGraph. It is pure and
+deterministic for a given order, so replaying a partition rebuilds it, holds included.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from graph.aliases import Link, Resolution
+from graph.contract import Rejection, report_from_document
+from graph.rules import Alert
+from graph.window import Outcome, RollingGraph
+
+__all__ = ["Handled", "InvalidRecord", "PartitionGraph", "partition_of", "resolution_records"]
+
+Record = dict[str, Any]
+
+
+class InvalidRecord(ValueError):
+    """A record on the internal topic that linkwatch did not write (a bug, never user input)."""
+
+
+def resolution_records(
+    resolution: Resolution, document: dict[str, Any]
+) -> list[tuple[str, Record]]:
+    """The records one resolved report becomes, each with the actor id it is keyed by."""
+    records: list[tuple[str, Record]] = []
+    for merge in resolution.merges:
+        records.append(
+            (merge.absorbed, {"kind": "merge", "from": merge.absorbed, "into": merge.into})
+        )
+        records.append((merge.into, {"kind": "await", "from": merge.absorbed}))
+    links = [link.to_dict() for link in resolution.links]
+    records.append((resolution.actor_id, {"kind": "report", "report": document, "links": links}))
+    return records
+
+
+@dataclass(slots=True)
+class Handled:
+    """What one record did: report outcomes, alerts raised, and records to send on."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    sends: list[tuple[str, Record]] = field(default_factory=list)
+
+    def extend(self, other: Handled) -> None:
+        self.outcomes += other.outcomes
+        self.alerts += other.alerts
+        self.sends += other.sends
+
+
+@dataclass(slots=True)
+class _Hold:
+    """An actor's records not yet applied, in order; `await` records block until their
+    absorb has arrived, and an arrived absorb waits for its `await` to reach the head."""
+
+    records: deque[Record] = field(default_factory=deque)
+    arrived: dict[str, Record] = field(default_factory=dict)
+
+
+class PartitionGraph:
+    """One partition's RollingGraph behind the record protocol."""
+
+    def __init__(self, graph: RollingGraph) -> None:
+        self.graph = graph
+        self._holds: dict[str, _Hold] = {}
+        # Absorbs applied before their `await` was seen (a producer may reorder partitions'
+        # writes); the late `await` must then not block.
+        self._early: set[tuple[str, str]] = set()
+
+    @property
+    def held_records(self) -> int:
+        return sum(len(hold.records) for hold in self._holds.values())
+
+    def handle(self, key: str, record: Record, now: float) -> Handled:
+        kind = record.get("kind")
+        if kind == "absorb":
+            return self._arrive(record, now)
+        if kind not in ("report", "merge", "await"):
+            raise InvalidRecord(f"unknown record kind {kind!r}")
+        actor = str(record["from"]) if kind == "merge" else key
+        if kind == "await" and (actor, str(record["from"])) in self._early:
+            self._early.discard((actor, str(record["from"])))
+            return Handled()
+        hold = self._holds.get(actor)
+        if hold is None and kind != "await":
+            return self._apply(actor, record, now)
+        if hold is None:
+            hold = self._holds[actor] = _Hold()
+        hold.records.append(record)
+        return self._drain(actor, now)
+
+    def _arrive(self, record: Record, now: float) -> Handled:
+        into, absorbed = str(record["into"]), str(record["from"])
+        onward = self.graph.forwarded_to(into)
+        if onward is not None:  # `into` itself merged away meanwhile: pass it on
+            return Handled(sends=[(onward, record | {"into": onward})])
+        hold = self._holds.get(into)
+        awaited = hold is not None and any(
+            held["kind"] == "await" and held["from"] == absorbed for held in hold.records
+        )
+        if hold is None or not awaited:
+            self._early.add((into, absorbed))
+            return self._absorb(record, now)
+        hold.arrived[absorbed] = record
+        return self._drain(into, now)
+
+    def _drain(self, actor: str, now: float) -> Handled:
+        """Apply the actor's held records from the head until an unanswered `await`."""
+        handled = Handled()
+        hold = self._holds[actor]
+        while hold.records:
+            head = hold.records[0]
+            if head["kind"] == "await":
+                absorb = hold.arrived.pop(str(head["from"]), None)
+                if absorb is None:
+                    return handled
+                hold.records.popleft()
+                handled.extend(self._absorb(absorb, now))
+            else:
+                hold.records.popleft()
+                handled.extend(self._apply(actor, head, now))
+        del self._holds[actor]
+        return handled
+
+    def _apply(self, actor: str, record: Record, now: float) -> Handled:
+        if record["kind"] == "merge":
+            return self._merge(record)
+        report = report_from_document(record["report"])
+        if isinstance(report, Rejection):
+            raise InvalidRecord(f"invalid report: {report.reason}")
+        links = [Link.from_dict(link) for link in record.get("links", ())]
+        applied = self.graph.apply(actor, report, now, links)
+        return Handled([applied.outcome], list(applied.alerts))
+
+    def _merge(self, record: Record) -> Handled:
+        absorbed, into = str(record["from"]), str(record["into"])
+        state = self.graph.detach(absorbed, into) or _empty_state(absorbed)
+        # Always sent, even empty: the survivor's partition holds its records until it comes.
+        absorb = {"kind": "absorb", "into": into, "from": absorbed, "state": state}
+        return Handled(sends=[(into, absorb)])
+
+    def _absorb(self, record: Record, now: float) -> Handled:
+        return Handled(alerts=list(self.graph.absorb(str(record["into"]), record["state"], now)))
+
+
+def _empty_state(actor_id: str) -> dict[str, Any]:
+    return {"actor_id": actor_id, "edges": [], "links": [], "openers": {}, "merged": []}
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """In-process stand-in for Kafka's key partitioning (any stable function will do)."""
+    return zlib.crc32(key.encode()) % partitions
