@@ -170,6 +170,8 @@ def _start_worker(app: Any, loglevel: str) -> None:
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    if not sys.stdout.isatty():
+        worker.spinner = None  # its cursor codes only clutter a log file or a pipe
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
@@ -288,16 +290,24 @@ def _alerts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_alert(alert: dict[str, Any], out: TextIO) -> None:
-    out.write(
-        f"\nALERT {alert['alert_id']}  level {alert['level']}: "
-        f"victims in {len(alert['regions'])} regions ({', '.join(alert['regions'])})\n"
-        f"  {alert['reason']}\n"
-        f"  accounts:   {', '.join(alert['accounts'])}\n"
-        f"  categories: {', '.join(alert['categories'])}\n"
-        f"  reports:    {', '.join(alert['report_ids'])}\n"
+    kind = alert.get("kind", "serial").upper()
+    lines = [
+        f"\n{kind} ALERT {alert['alert_id']}  level {alert['level']}: "
+        f"victims in {len(alert['regions'])} regions ({', '.join(alert['regions'])})",
+        f"  {alert['reason']}",
+        f"  accounts:   {', '.join(alert['accounts'])}",
+    ]
+    lines += [
+        f"  linked:     {' & '.join(link['accounts'])} (shared {link['signal']})"
+        for link in alert.get("links", ())
+    ]
+    lines += [
+        f"  categories: {', '.join(alert['categories'])}",
+        f"  reports:    {', '.join(alert['report_ids'])}",
         f"  first seen {alert['first_seen']}, last seen {alert['last_seen']}, "
-        f"raised {alert['raised_at']}\n"
-    )
+        f"raised {alert['raised_at']}",
+    ]
+    out.write("\n".join(lines) + "\n")
     out.flush()
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Simulation", "simulate"]
+__all__ = ["SHAPES", "Simulation", "simulate"]
 
 REGIONS = [
     "avon-and-somerset", "cambridgeshire", "cheshire", "cumbria", "derbyshire", "devon",

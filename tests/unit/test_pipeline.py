@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from graph.pipeline import Pipeline
 from graph.rules import CrossRegionRule
+from streams.simulate import SHAPES, simulate
 from tests.factories import encode, make_report, serial_case
 
 
@@ -36,3 +40,20 @@ def test_actor_ids_are_pseudonymous_and_stable_for_a_secret() -> None:
     assert "tom" not in first.actor_id
     other = Pipeline(b"another-secret", 365 * 86400.0, CrossRegionRule(3))
     assert other.feed(serial_case("tom"), now=0).alerts[0].actor_id != first.actor_id
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_each_linkage_shape_ends_as_one_actor_and_is_detected(tmp_path: Path, shape: str) -> None:
+    truth = simulate(tmp_path, seed=11, scale=2)
+    lines = (tmp_path / "reports.jsonl").read_bytes().splitlines()
+    linkwatch = pipeline()
+    alerts = linkwatch.feed(lines, now=0).alerts
+    person_of = {a: p for p, person in truth["people"].items() for a in person["accounts"]}
+    people = [p for p, person in truth["people"].items() if person.get("shape") == shape]
+    assert people
+    for person in people:
+        accounts = truth["people"][person]["accounts"]
+        assert len(accounts) >= 3
+        assert len({linkwatch.resolver.actor_of(account) for account in accounts}) == 1
+        assert any({person_of[a] for a in alert.accounts} == {person} for alert in alerts)
+    assert all(len({person_of[a] for a in alert.accounts}) == 1 for alert in alerts)
