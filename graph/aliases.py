@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,8 @@ class Resolution:
     links: tuple[Link, ...] = ()
     merges: tuple[Merge, ...] = ()
     hubs: tuple[Hub, ...] = ()
+    # The newest event time in the stream so far: the one watermark every partition uses.
+    watermark: float = 0.0
 
 
 @dataclass(slots=True)
@@ -125,6 +128,7 @@ class AliasResolver:
         self._values: dict[str, _Value] = {}
         self._hubs: set[str] = set()
         self._order = 0
+        self.watermark = -math.inf
 
     @property
     def accounts(self) -> int:
@@ -138,6 +142,7 @@ class AliasResolver:
         return actor_id_for(self._founder[self._find(account)][1], self.secret)
 
     def resolve(self, report: Report) -> Resolution:
+        self.watermark = max(self.watermark, report.event_time)
         account = report.offender_key
         new = account not in self._parent
         if new:
@@ -173,7 +178,9 @@ class AliasResolver:
                 # An account first seen in this very report has no state anywhere to move.
                 if not (new and merge.absorbed == actor_id_for(account, self.secret)):
                     merges.append(merge)
-        return Resolution(self.actor_of(account), tuple(links), tuple(merges), tuple(hubs))
+        return Resolution(
+            self.actor_of(account), tuple(links), tuple(merges), tuple(hubs), self.watermark
+        )
 
     def _strong_signals(self, report: Report) -> list[tuple[str, str]]:
         signals = [

@@ -8,6 +8,11 @@ actor X it sends, in this order:
   so a merge is applied before the reports that follow it, as in a sequential run;
 - `report` (key X): the report itself, with the links it created.
 
+Every record carries the resolver's watermark (the newest event time in the whole stream
+when the report was resolved), and an actor's window is judged by the watermark of the
+record being applied. So an actor's alerts depend only on its own records in order, never
+on how partitions interleave or how many there are.
+
 A `PartitionGraph` applies these records to one partition's RollingGraph. It is pure and
 deterministic for a given order, so replaying a partition rebuilds it, holds included.
 """
@@ -37,14 +42,15 @@ def resolution_records(
     resolution: Resolution, document: dict[str, Any]
 ) -> list[tuple[str, Record]]:
     """The records one resolved report becomes, each with the actor id it is keyed by."""
+    stamp = resolution.watermark
     records: list[tuple[str, Record]] = []
     for merge in resolution.merges:
-        records.append(
-            (merge.absorbed, {"kind": "merge", "from": merge.absorbed, "into": merge.into})
-        )
-        records.append((merge.into, {"kind": "await", "from": merge.absorbed}))
+        merge_record = {"kind": "merge", "from": merge.absorbed, "into": merge.into}
+        records.append((merge.absorbed, merge_record | {"watermark": stamp}))
+        records.append((merge.into, {"kind": "await", "from": merge.absorbed, "watermark": stamp}))
     links = [link.to_dict() for link in resolution.links]
-    records.append((resolution.actor_id, {"kind": "report", "report": document, "links": links}))
+    report_record = {"kind": "report", "report": document, "links": links, "watermark": stamp}
+    records.append((resolution.actor_id, report_record))
     return records
 
 
@@ -77,6 +83,8 @@ class PartitionGraph:
     def __init__(self, graph: RollingGraph) -> None:
         self.graph = graph
         self._holds: dict[str, _Hold] = {}
+        # A held actor's edges must wait for its held records: expiry passes it by.
+        graph.pinned = self._holds
         # Absorbs applied before their `await` was seen (a producer may reorder partitions'
         # writes); the late `await` must then not block.
         self._early: set[tuple[str, str]] = set()
@@ -143,18 +151,25 @@ class PartitionGraph:
         if isinstance(report, Rejection):
             raise InvalidRecord(f"invalid report: {report.reason}")
         links = [Link.from_dict(link) for link in record.get("links", ())]
-        applied = self.graph.apply(actor, report, now, links)
+        applied = self.graph.apply(actor, report, now, links, _stamp(record))
         return Handled([applied.outcome], list(applied.alerts))
 
     def _merge(self, record: Record) -> Handled:
         absorbed, into = str(record["from"]), str(record["into"])
-        state = self.graph.detach(absorbed, into) or _empty_state(absorbed)
+        stamp = _stamp(record)
+        state = self.graph.detach(absorbed, into, stamp) or _empty_state(absorbed)
         # Always sent, even empty: the survivor's partition holds its records until it comes.
         absorb = {"kind": "absorb", "into": into, "from": absorbed, "state": state}
-        return Handled(sends=[(into, absorb)])
+        return Handled(sends=[(into, absorb | {"watermark": stamp})])
 
     def _absorb(self, record: Record, now: float) -> Handled:
-        return Handled(alerts=list(self.graph.absorb(str(record["into"]), record["state"], now)))
+        into, state = str(record["into"]), record["state"]
+        return Handled(alerts=list(self.graph.absorb(into, state, now, _stamp(record))))
+
+
+def _stamp(record: Record) -> float | None:
+    stamp = record.get("watermark")
+    return None if stamp is None else float(stamp)
 
 
 def _empty_state(actor_id: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -125,10 +125,12 @@ class Applied:
 class RollingGraph:
     """The state one worker keeps for one partition of actor-keyed records.
 
-    Time is event time only: the watermark is the newest `reported_at` seen, and an edge
-    expires once its last report is more than `window_seconds` older than the watermark.
-    Everything here is deterministic for a given order of records, which is what lets a
-    worker rebuild it by replaying its partition after a restart.
+    Time is event time only. Each operation carries a watermark, the newest `reported_at`
+    seen (by the resolver, over the whole stream; standalone, by this graph), and an actor
+    is judged with the edges whose last report is at most `window_seconds` older than it.
+    Expired edges are also removed eagerly, to return memory, except for `pinned` actors,
+    whose older records are still to come. Everything here is deterministic for a given
+    order of records, which is what lets a worker rebuild it by replaying its partition.
     """
 
     def __init__(self, window_seconds: float, rule: CrossRegionRule) -> None:
@@ -147,6 +149,7 @@ class RollingGraph:
         self._forward: dict[str, str] = {}
         # (last_seen when pushed, actor_id, victim): one entry per edge, re-pushed lazily.
         self._expiry: list[tuple[float, str, str]] = []
+        self.pinned: Container[str] = frozenset()
 
     @property
     def actor_count(self) -> int:
@@ -173,14 +176,22 @@ class RollingGraph:
             self._raised[actor_id] = int(alert["level"])
 
     def apply(
-        self, actor_id: str, report: Report, now: float, links: Iterable[Link] = ()
+        self,
+        actor_id: str,
+        report: Report,
+        now: float,
+        links: Iterable[Link] = (),
+        watermark: float | None = None,
     ) -> Applied:
         """Add one report to the graph and check the rule for its actor.
 
         `now` is wall-clock time, used only for the alerts' `raised_at`.
         """
         moment = report.event_time
-        if not self._advance(moment):
+        cutoff = self._advance(
+            actor_id, max(self.watermark, moment) if watermark is None else watermark
+        )
+        if moment < cutoff:
             return Applied(Outcome.TOO_OLD)
         actor = self._actors.get(actor_id)
         if actor is None:
@@ -209,8 +220,12 @@ class RollingGraph:
             actor.openers.setdefault(opener, set()).add(report.offender_key)
         return Applied(Outcome.ACCEPTED, self._check(actor, now))
 
-    def detach(self, absorbed: str, into: str) -> dict[str, Any] | None:
+    def detach(
+        self, absorbed: str, into: str, watermark: float | None = None
+    ) -> dict[str, Any] | None:
         """Remove actor `absorbed` (merged into `into`); returns its state to absorb there."""
+        if watermark is not None:
+            self._advance(absorbed, watermark)
         self._forward[absorbed] = into
         actor = self._actors.pop(absorbed, None)
         if actor is None:
@@ -218,8 +233,11 @@ class RollingGraph:
         self.live_edges -= len(actor.edges)
         return actor.to_dict()
 
-    def absorb(self, into: str, state: dict[str, Any], now: float) -> tuple[Alert, ...]:
+    def absorb(
+        self, into: str, state: dict[str, Any], now: float, watermark: float | None = None
+    ) -> tuple[Alert, ...]:
         """Fold a merged actor's state into actor `into` and check the rule at once."""
+        cutoff = self._advance(into, self.watermark if watermark is None else watermark)
         actor = self._actors.get(into)
         if actor is None:
             actor = self._actors[into] = Actor(into)
@@ -231,20 +249,22 @@ class RollingGraph:
             actor.openers.setdefault(opener, set()).update(accounts)
         for document in state["edges"]:
             edge = Edge.from_dict(document)
-            if edge.last_seen >= self.watermark - self.window_seconds:
+            if edge.last_seen >= cutoff:
                 self._add_edge(actor, edge)
         if not actor.edges:
             del self._actors[into]
             return ()
         return self._check(actor, now)
 
-    def _advance(self, moment: float) -> bool:
-        """Move the watermark; False when `moment` is already older than the window."""
-        if moment > self.watermark:
-            self.watermark = moment
-            self._expire(moment - self.window_seconds)
-            return True
-        return moment >= self.watermark - self.window_seconds
+    def _advance(self, actor_id: str, watermark: float) -> float:
+        """Bring the graph to `watermark` and the actor to its own; returns the cutoff."""
+        cutoff = watermark - self.window_seconds
+        if watermark > self.watermark:
+            self.watermark = watermark
+            self._expire(cutoff)
+        if actor_id in self.pinned or watermark < self.watermark:
+            self._expire_actor(actor_id, cutoff)
+        return cutoff
 
     def _add_edge(self, actor: Actor, edge: Edge) -> None:
         existing = actor.edges.get(edge.victim)
@@ -312,17 +332,34 @@ class RollingGraph:
         )
 
     def _expire(self, cutoff: float) -> None:
-        expiry = self._expiry
+        """Remove every edge older than `cutoff`, except those of pinned actors."""
+        expiry, pinned = self._expiry, []
         while expiry and expiry[0][0] < cutoff:
-            _, actor_id, victim = heapq.heappop(expiry)
+            entry = heapq.heappop(expiry)
+            _, actor_id, victim = entry
             actor = self._actors.get(actor_id)
             edge = actor.edges.get(victim) if actor is not None else None
             if actor is None or edge is None:
-                continue  # the actor merged away; its edges live on under another id
-            if edge.last_seen >= cutoff:
+                continue  # expired already, or merged away and now under another id
+            if actor_id in self.pinned:
+                pinned.append(entry)
+            elif edge.last_seen >= cutoff:
                 heapq.heappush(expiry, (edge.last_seen, actor_id, victim))
-                continue
-            del actor.edges[victim]
-            self.live_edges -= 1
-            if not actor.edges:
-                del self._actors[actor_id]
+            else:
+                self._remove_edge(actor, victim)
+        for entry in pinned:
+            heapq.heappush(expiry, entry)
+
+    def _expire_actor(self, actor_id: str, cutoff: float) -> None:
+        """One actor's expiry, judged by its own record's watermark."""
+        actor = self._actors.get(actor_id)
+        if actor is None:
+            return
+        for victim in [v for v, edge in actor.edges.items() if edge.last_seen < cutoff]:
+            self._remove_edge(actor, victim)
+
+    def _remove_edge(self, actor: Actor, victim: str) -> None:
+        del actor.edges[victim]
+        self.live_edges -= 1
+        if not actor.edges:
+            del self._actors[actor.actor_id]

@@ -80,3 +80,46 @@ def test_records_for_an_actor_wait_for_the_absorb_they_follow() -> None:
     released = graph.handle("X", {"kind": "absorb", "into": "X", "from": "Y", "state": empty}, 0.0)
     assert [str(outcome) for outcome in released.outcomes] == ["accepted"]
     assert graph.held_records == 0
+
+
+def test_alerts_do_not_depend_on_the_number_of_partitions(tmp_path: Path) -> None:
+    simulate(tmp_path, seed=1, scale=12)
+    lines = (tmp_path / "reports.jsonl").read_bytes().splitlines()
+    results = [
+        sorted(
+            (alert.alert_id, alert.accounts, alert.report_ids)
+            for alert in Pipeline(SECRET, WINDOW, CrossRegionRule(), partitions=n)
+            .feed(lines, now=0.0)
+            .alerts
+        )
+        for n in (1, 3, 8)
+    ]
+    assert results[0] == results[1] == results[2]
+
+
+def test_the_window_follows_the_newest_event_in_the_whole_stream() -> None:
+    """A late report is judged against the newest event anywhere, not on its partition only."""
+    from datetime import timedelta
+
+    from graph.identity import actor_id_for
+    from tests.factories import encode, make_report
+
+    # Two offenders whose actors sit on different partitions of two.
+    names = [f"offender-{i}" for i in range(20)]
+    quiet, busy = next(
+        (a, b)
+        for a in names
+        for b in names
+        if partition_of(actor_id_for(f"chirp:{a}", SECRET), 2)
+        != partition_of(actor_id_for(f"chirp:{b}", SECRET), 2)
+    )
+    lines = [
+        encode(make_report(quiet, "v1", "norfolk", at=timedelta(days=0))),
+        encode(make_report(quiet, "v2", "suffolk", at=timedelta(days=300))),
+        encode(make_report(busy, "w1", "kent", at=timedelta(days=400))),
+        # Arrives late: by then the newest event is day 400, so day 0 is out of the window.
+        encode(make_report(quiet, "v3", "devon", at=timedelta(days=200))),
+    ]
+    for partitions in (1, 2):
+        run = Pipeline(SECRET, WINDOW, CrossRegionRule(), partitions=partitions).feed(lines, 0.0)
+        assert run.alerts == [], partitions
