@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,13 +14,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from agents.graph import GraphStage, make_graph_agent
 from agents.intake import make_intake
 from agents.resolve import ResolveStage, make_resolve_agent
+from agents.webhooks import make_webhooks
 from graph.contract import partition_key
+from graph.lifecycle import AlertBook
+from streams.api import Api
+from streams.journal import IntakeJournal
 from streams.kafka import partition_count, read_partitions
+from streams.keys import KeyRing
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.shared import Directory, Followed
 from streams.transport import LinkwatchApp
 
 __all__ = ["build_app"]
+
+ANNOUNCE_EVERY = 3.0  # seconds between a worker's announcements on the workers topic
 
 # Faust's defaults (30 s joins, 110 s restarts after a kill) are made for big clusters;
 # these give 5-6 s joins here and are still safe on Apache Kafka.
@@ -83,6 +93,49 @@ def build_app(
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
+
+    keys, book = KeyRing(), AlertBook()
+    directory = Directory(worker_id=uuid.uuid4().hex[:12])
+    followed = [
+        Followed(settings.bootstrap, settings.keys_topic, keys.apply),
+        Followed(settings.bootstrap, settings.alerts_topic, book.add_alert),
+        Followed(settings.bootstrap, settings.alert_events_topic, book.apply_event),
+        Followed(settings.bootstrap, settings.workers_topic, directory.apply),
+    ]
+    for follower in followed:
+        app.task(follower.run)
+    journal = IntakeJournal(settings.data_dir / f"{settings.namespace}-intake.sqlite3")
+    Api(
+        settings=settings,
+        metrics=metrics,
+        send=send,
+        keys=keys,
+        book=book,
+        journal=journal,
+        directory=directory,
+        graphs=graph.graphs,
+        owned=lambda: graph.partitions.owned,
+        ready=lambda: all(follower.ready.is_set() for follower in followed),
+    ).register(app)
+
+    async def announce() -> None:
+        """Tell the other workers where this one is and which graph partitions it holds."""
+        record = {
+            "worker_id": directory.worker_id,
+            "url": settings.own_url,
+            "partitions": sorted(graph.partitions.owned),
+            "at": time.time(),
+        }
+        await app.producer.send(settings.workers_topic, None, orjson.dumps(record), 0, None, None)
+
+    async def prune_journal() -> None:
+        journal.prune(time.time() - settings.window_seconds)
+
+    app.timer(ANNOUNCE_EVERY)(announce)
+    app.timer(3600.0)(prune_journal)
+
+    if settings.webhooks:
+        app.agent(topics[settings.alerts_topic], name="webhooks")(make_webhooks(settings, metrics))
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

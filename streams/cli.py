@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+from aiokafka.errors import KafkaConnectionError
+from kafka.errors import KafkaError
 
 from graph.contract import partition_key
 from streams.broker import BrokerError, EmbeddedBroker, broker_answers
+from streams.keys import ROLES
 from streams.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -25,23 +28,33 @@ log = logging.getLogger("linkwatch")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # The worker configures its own logging; the other commands only need the client
+    # libraries quiet (their errors are reported here, in one sentence).
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env().with_overrides(
-            bootstrap=args.bootstrap,
-            web_port=args.web_port,
-            data_dir=args.data_dir,
-            partitions=args.partitions,
-            min_regions=args.min_regions,
-            window_days=args.window_days,
-            namespace=args.namespace,
+            **{flag: getattr(args, flag, None) for flag in _SETTING_FLAGS}
         )
         result: int = args.command(settings, args)
         return result
     except (SettingsError, BrokerError, LookupError) as exc:
         print(f"linkwatch: {exc}", file=sys.stderr)
         return 2
+    except (KafkaConnectionError, KafkaError):
+        print(
+            f"linkwatch: no Kafka broker answers at {settings.bootstrap} "
+            "(start one with `linkwatch broker`, or set LINKWATCH_BOOTSTRAP)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+_SETTING_FLAGS = frozenset(
+    {"bootstrap", "web_port", "data_dir", "partitions", "min_regions", "window_days", "namespace"}
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +109,34 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--scale", type=int, default=1, help="1 is about 600 lines")
     sim.set_defaults(command=_simulate)
 
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke")
+    key_commands = keys.add_subparsers(required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", parents=[common], help="mint a key")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--platform", help="the one platform a platform key reports for")
+    create.add_argument("--name", help="who holds it (shown in alert histories and the audit)")
+    create.set_defaults(command=_keys_create)
+    listing = key_commands.add_parser("list", parents=[common], help="list keys (no secrets)")
+    listing.set_defaults(command=_keys_list)
+    revoke = key_commands.add_parser("revoke", parents=[common], help="revoke a key")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(command=_keys_revoke)
+
+    snap = commands.add_parser("snapshot", help="download a graph snapshot through the API")
+    snap.add_argument("--format", default="json", choices=["json", "graphml", "gexf"])
+    snap.add_argument("-o", "--output", type=Path, required=True)
+    snap.add_argument("--url", help="a worker's URL (default: this machine's web port)")
+    snap.add_argument("--key", help="an analyst or admin key [LINKWATCH_API_KEY]")
+    snap.add_argument("--region")
+    snap.add_argument("--since", help="RFC 3339: edges last seen at or after this")
+    snap.add_argument(
+        "--min-regions",
+        dest="min_regions_filter",
+        type=int,
+        help="only actors whose victims are in at least this many regions",
+    )
+    snap.set_defaults(command=_snapshot)
+
     alerts = commands.add_parser("alerts", parents=[common], help="print the alerts")
     alerts.add_argument("--follow", action="store_true", help="keep waiting for new alerts")
     alerts.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -127,7 +168,9 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.app import build_app
+    from streams.kafka import create_topics
 
+    create_topics(settings)  # idempotent; a worker never waits on a topic nobody created
     _start_worker(build_app(settings), args.loglevel)
     return 0
 
@@ -267,6 +310,111 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
         f"and the truth to {args.out / 'truth.json'}: "
         + ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
     )
+    return 0
+
+
+def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.keys import mint_key
+
+    try:
+        key, record = mint_key(args.role, args.platform, args.name)
+    except ValueError as error:
+        print(f"linkwatch: {error}", file=sys.stderr)
+        return 2
+    _publish(settings, settings.keys_topic, record)
+    print(f"created {args.role} key {record['key_id']}"
+          + (f" for platform {args.platform}" if args.platform else "")
+          + "; it is shown once, store it now:")  # fmt: skip
+    print(key)
+    return 0
+
+
+def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.keys import KeyRing
+
+    ring = KeyRing()
+    for record in _read_all(settings, settings.keys_topic):
+        ring.apply(record)
+    print(f"{'key id':<10} {'role':<10} {'platform':<12} {'created':<20} {'revoked':<20} name")
+    for record in ring.records():
+        revoked = record.get("revoked_at")
+        print(
+            f"{record['key_id']:<10} {record['role']:<10} {record.get('platform') or '-':<12} "
+            f"{_when(record['created_at']):<20} {_when(revoked) if revoked else '-':<20} "
+            f"{record.get('name') or ''}"
+        )
+    return 0
+
+
+def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.keys import KeyRing
+
+    ring = KeyRing()
+    for record in _read_all(settings, settings.keys_topic):
+        ring.apply(record)
+    if args.key_id not in {record["key_id"] for record in ring.records()}:
+        print(f"linkwatch: no key {args.key_id}", file=sys.stderr)
+        return 2
+    _publish(settings, settings.keys_topic, {"key_id": args.key_id, "revoked_at": time.time()})
+    print(f"revoked key {args.key_id}; every worker refuses it within a second")
+    return 0
+
+
+def _publish(settings: Settings, topic: str, record: dict[str, Any]) -> None:
+    from kafka import KafkaProducer
+
+    from streams.kafka import create_topics
+
+    create_topics(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer.send(topic, value=orjson.dumps(record), partition=0).get(timeout=30)
+    producer.close()
+
+
+def _read_all(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    from streams.kafka import read_partitions
+
+    async def collect() -> list[dict[str, Any]]:
+        return [
+            orjson.loads(record.value)
+            async for records in read_partitions(settings.bootstrap, topic)
+            for record in records
+        ]
+
+    return asyncio.run(collect())
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(seconds)))
+
+
+def _snapshot(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    key = args.key or os.environ.get("LINKWATCH_API_KEY")
+    if not key:
+        print("linkwatch: pass --key or set LINKWATCH_API_KEY (analyst or admin)", file=sys.stderr)
+        return 2
+    query = {"format": args.format, "region": args.region, "since": args.since,
+             "min_regions": args.min_regions_filter}  # fmt: skip
+    url = (args.url or f"http://127.0.0.1:{settings.web_port}") + "/v1/graph/snapshot?"
+    url += urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            data = response.read()
+    except urllib.error.HTTPError as error:
+        print(f"linkwatch: HTTP {error.code}: {error.read().decode(errors='replace')}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except urllib.error.URLError as error:
+        print(f"linkwatch: cannot reach {url}: {error.reason}", file=sys.stderr)
+        return 1
+    args.output.write_bytes(data)
+    print(f"wrote a {args.format} snapshot ({len(data):,} bytes) to {args.output}")
     return 0
 
 

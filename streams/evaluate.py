@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from graph.contract import Report, parse_report
 from graph.pipeline import Pipeline
 from streams.broker import EmbeddedBroker
 from streams.kafka import create_topics, read_partitions
@@ -73,7 +74,7 @@ def score(
         if {person_of[a] for a in alert["accounts"]} & brigade_targets
     ]
 
-    delays = _delays(truth, first_correct, processed, settings)
+    delays = _delays(truth, first_correct, serial_alerts, processed, settings)
     return {
         "seed": truth["seed"],
         "scale": truth["scale"],
@@ -95,19 +96,31 @@ def score(
 def _delays(
     truth: dict[str, Any],
     first_alerts: dict[str, dict[str, Any]],
+    alerts: list[dict[str, Any]],
     processed: list[bytes],
     settings: Settings,
 ) -> dict[str, int]:
-    """Per detected serial actor: its reports after the completing one, up to its alert."""
+    """Per detected serial actor: its reports after the completing one, up to its alert.
+
+    The alert compared is the one the ideal detector raises first, found by its id (ids are
+    deterministic). Partitions run at their own pace, so the wall-clock first alert of a
+    person whose aliases sit on two partitions can be a later one in stream order.
+    """
+    by_id = {alert["alert_id"]: alert for alert in alerts}
     report_person = truth["report_person"]
-    by_person: dict[str, list[tuple[str, bytes]]] = {}
+    # Per person, its reports in processing order, each with the stream's watermark then:
+    # the window is judged against the newest event anywhere, for the ideal detector too.
+    by_person: dict[str, list[tuple[str, bytes, float]]] = {}
     seen: set[str] = set()
+    watermark = float("-inf")
     for raw in processed:
-        document = orjson.loads(raw)
-        key = f"{document['platform']}:{document['report_id']}"
+        report = parse_report(raw)
+        assert isinstance(report, Report)
+        watermark = max(watermark, report.event_time)
+        key = f"{report.platform}:{report.report_id}"
         if key not in seen:  # a redelivered duplicate is not a new report
             seen.add(key)
-            by_person.setdefault(report_person[key], []).append((key, raw))
+            by_person.setdefault(report_person[key], []).append((key, raw, watermark))
     delays = {}
     for person, alert in first_alerts.items():
         reports = by_person.get(person, [])
@@ -119,13 +132,17 @@ def _delays(
             settings.link_by_text,
         )
         completing = len(reports) - 1
-        for position, (_, raw) in enumerate(reports):
-            if any(a.kind == "serial" for a in ideal.feed([raw], now=0.0).alerts):
+        for position, (_, raw, stream_watermark) in enumerate(reports):
+            ideal.resolver.watermark = max(ideal.resolver.watermark, stream_watermark)
+            raised = [a for a in ideal.feed([raw], now=0.0).alerts if a.kind == "serial"]
+            if raised:
                 completing = position
+                alert = by_id.get(raised[0].alert_id, alert)
                 break
-        in_alert = {key for key in alert["report_ids"]}
+        in_alert = set(alert["report_ids"])
         last = max(
-            (position for position, (key, _) in enumerate(reports) if key in in_alert), default=0
+            (position for position, (key, _, _) in enumerate(reports) if key in in_alert),
+            default=0,
         )
         delays[person] = max(0, last - completing)
     return delays
@@ -149,8 +166,6 @@ def evaluate_in_process(out: Path, settings: Settings) -> dict[str, Any]:
 
 
 def _is_valid(line: bytes) -> bool:
-    from graph.contract import Report, parse_report
-
     return isinstance(parse_report(line), Report)
 
 

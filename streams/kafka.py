@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -30,12 +31,16 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
         settings.rejected_topic: {"retention.ms": str(30 * _DAY_MS)},
         settings.alerts_topic: {"retention.ms": "-1"},
         settings.hubs_topic: {"retention.ms": "-1"},
+        settings.keys_topic: {"retention.ms": "-1"},
+        settings.alert_events_topic: {"retention.ms": "-1"},
+        settings.audit_topic: {"retention.ms": "-1"},
+        settings.workers_topic: {"retention.ms": str(_DAY_MS)},
     }
 
 
 def partition_count(settings: Settings, topic: str) -> int:
-    """The identity topic has one partition, so the alias resolver sees one total order."""
-    return 1 if topic == settings.identity_topic else settings.partitions
+    """One partition where one total order matters (the alias resolver, shared state)."""
+    return 1 if topic in settings.single_partition_topics else settings.partitions
 
 
 def create_topics(settings: Settings, replication: int = 1) -> list[str]:
@@ -71,6 +76,7 @@ async def read_partitions(
     start: Mapping[int, int] | None = None,
     stop: Mapping[int, int] | None = None,
     follow: bool = False,
+    caught_up: asyncio.Event | None = None,
     stall_timeout: float = 30.0,
 ) -> AsyncIterator[list[Any]]:
     """Yield batches of records from `topic`, without a consumer group.
@@ -78,7 +84,8 @@ async def read_partitions(
     With `stop` (exclusive offsets, known to exist) it reads each partition up to there.
     Without it, it reads until caught up: past the reported end offset *and* until a fetch
     comes back empty, because a broker (Tansu's memory engine, measured) may report a
-    partition's end too low. With `follow` it never stops.
+    partition's end too low. With `follow` it never stops, and sets `caught_up` once it has
+    read what was there when it started.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -87,7 +94,11 @@ async def read_partitions(
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     try:
         if partitions is None:
             partitions = sorted(await _partitions(consumer, topic))
@@ -118,9 +129,12 @@ async def read_partitions(
                     done = position >= stop[tp.partition]
                 else:
                     done = position >= ends[tp] and not batches.get(tp)
-                if done and not follow:
+                if done:
                     pending.discard(tp)
-                    consumer.pause(tp)
+                    if not follow:
+                        consumer.pause(tp)
+            if not pending and caught_up is not None:
+                caught_up.set()
             if stop is not None and pending and time.monotonic() - progress_at > stall_timeout:
                 raise TimeoutError(f"no progress reading {topic} for {stall_timeout:.0f}s")
     finally:

@@ -48,6 +48,18 @@ class Metrics:
             "Offender accounts the alias resolver knows.",
             registry=self.registry,
         )
+        self.api = Counter(
+            "linkwatch_api_requests",
+            "HTTP API requests by endpoint and status code.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.webhooks = Counter(
+            "linkwatch_webhook_deliveries",
+            "Webhook deliveries by outcome: delivered, retried (one per retry), failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.internal_errors = Counter(
             "linkwatch_internal_errors",
             "Unreadable records on linkwatch's own internal topics (a bug, never user input).",

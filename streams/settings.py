@@ -37,6 +37,11 @@ class Settings:
     link_by_text: bool = False
     episode_hours: float = 12.0
     brigade_victims: int = 10
+    # How other workers reach this one (for forwarded API requests); default from host/port.
+    web_url: str = ""
+    webhook_urls: str = ""
+    webhook_secret: str = ""
+    webhook_attempts: int = 6
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -53,6 +58,12 @@ class Settings:
             raise SettingsError("LINKWATCH_EPISODE_HOURS must not be negative")
         if self.brigade_victims < 2:
             raise SettingsError("LINKWATCH_BRIGADE_VICTIMS must be at least 2")
+        if self.webhook_urls and not self.webhook_secret:
+            raise SettingsError(
+                "LINKWATCH_WEBHOOK_URLS needs LINKWATCH_WEBHOOK_SECRET to sign with"
+            )
+        if self.webhook_attempts < 1:
+            raise SettingsError("LINKWATCH_WEBHOOK_ATTEMPTS must be at least 1")
 
     @property
     def window_seconds(self) -> float:
@@ -90,6 +101,22 @@ class Settings:
         return f"{self.namespace}.signal-hubs"
 
     @property
+    def keys_topic(self) -> str:
+        return f"{self.namespace}.api-keys"
+
+    @property
+    def alert_events_topic(self) -> str:
+        return f"{self.namespace}.alert-events"
+
+    @property
+    def audit_topic(self) -> str:
+        return f"{self.namespace}.audit"
+
+    @property
+    def workers_topic(self) -> str:
+        return f"{self.namespace}.workers"
+
+    @property
     def topics(self) -> tuple[str, ...]:
         return (
             self.reports_topic,
@@ -98,7 +125,32 @@ class Settings:
             self.actor_reports_topic,
             self.alerts_topic,
             self.hubs_topic,
+            self.keys_topic,
+            self.alert_events_topic,
+            self.audit_topic,
+            self.workers_topic,
         )
+
+    @property
+    def single_partition_topics(self) -> frozenset[str]:
+        """Topics read whole, in one order: the resolver's input and the shared state."""
+        return frozenset(
+            {
+                self.identity_topic,
+                self.keys_topic,
+                self.alert_events_topic,
+                self.audit_topic,
+                self.workers_topic,
+            }
+        )
+
+    @property
+    def own_url(self) -> str:
+        return self.web_url or f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def webhooks(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.webhook_urls.split(",") if url.strip())
 
     def rule(self) -> CrossRegionRule:
         return CrossRegionRule(self.min_regions, self.episode_hours, self.brigade_victims)
@@ -136,6 +188,10 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "link_by_text": ("LINKWATCH_LINK_BY_TEXT", bool),
     "episode_hours": ("LINKWATCH_EPISODE_HOURS", float),
     "brigade_victims": ("LINKWATCH_BRIGADE_VICTIMS", int),
+    "web_url": ("LINKWATCH_WEB_URL", str),
+    "webhook_urls": ("LINKWATCH_WEBHOOK_URLS", str),
+    "webhook_secret": ("LINKWATCH_WEBHOOK_SECRET", str),
+    "webhook_attempts": ("LINKWATCH_WEBHOOK_ATTEMPTS", int),
 }
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,38 @@ class Worker:
                 self.process.wait()
         return int(self.process.returncode)
 
+    def http(
+        self, method: str, path: str, key: str | None = None, body: bytes | None = None
+    ) -> tuple[int, Any]:
+        """A real HTTP call to this worker; JSON answers are decoded."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}{path}", data=body, method=method
+        )
+        if key is not None:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, data, kind = response.status, response.read(), response.headers
+        except urllib.error.HTTPError as error:
+            status, data, kind = error.code, error.read(), error.headers
+        if "json" in kind.get("Content-Type", ""):
+            return status, orjson.loads(data)
+        return status, data
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Owns its partitions and has read the shared state (keys, alerts, lifecycle)."""
+        self.wait_owning(int(self.env["LINKWATCH_PARTITIONS"]), timeout)
+        self.wait_ready_api(timeout)
+
+    def wait_ready_api(self, timeout: float = 90.0) -> None:
+        """The API answers: the shared state (keys, alerts, lifecycle) has been read."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.http("GET", "/v1/whoami")[0] == 401:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the API did not become ready:\n{self.tail()}")
+
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -130,12 +163,21 @@ class Deployment:
         )
         return env
 
-    def worker(self) -> Worker:
+    def worker(self, **extra_env: str) -> Worker:
         port = free_port()
-        env = self.env() | {"LINKWATCH_WEB_PORT": str(port)}
+        env = self.env() | {"LINKWATCH_WEB_PORT": str(port)} | extra_env
         worker = Worker(env, self.tmp_path / f"worker{len(self.workers)}.log", port)
         self.workers.append(worker)
         return worker.start()
+
+    def key(self, role: str, platform: str | None = None, name: str | None = None) -> str:
+        """Mint an API key with the real CLI; the key is the last line it prints."""
+        args = ["keys", "create", "--role", role]
+        args += ["--platform", platform] if platform else []
+        args += ["--name", name] if name else []
+        result = self.cli(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

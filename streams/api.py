@@ -1,0 +1,436 @@
+"""The HTTP API on the worker's web server (docs/api.md): intake, alerts, actors, snapshots."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import networkx as nx
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
+from faust.web import View
+
+from graph import snapshot
+from graph.contract import Rejection, partition_key, report_from_document
+from graph.lifecycle import ACTIONS, AlertBook, LifecycleError, UnknownAlert
+from graph.rules import format_time
+from graph.window import RollingGraph
+from streams.journal import IntakeJournal
+from streams.keys import KeyRing, Principal
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.shared import Directory
+
+__all__ = ["MAX_BODY_BYTES", "MAX_REPORTS", "Api", "ApiError"]
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_REPORTS = 1000
+MAX_HOPS = 4
+CONSOLE = Path(__file__).parent / "console"
+FORWARDED = "X-Linkwatch-Forwarded"
+
+# Who may call what (docs/api.md, "Authentication and roles").
+EVERYONE = frozenset({"platform", "responder", "analyst", "admin"})
+INTAKE = frozenset({"platform", "admin"})
+READ_ALERTS = frozenset({"responder", "analyst", "admin"})
+ACT_ON_ALERTS = frozenset({"responder", "admin"})
+READ_ACTORS = frozenset({"responder", "analyst", "admin"})
+SNAPSHOTS = frozenset({"analyst", "admin"})
+
+Send = Callable[..., Awaitable[Awaitable[Any]]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+@dataclass
+class Api:
+    """Everything the views need; one per worker."""
+
+    settings: Settings
+    metrics: Metrics
+    send: Send
+    keys: KeyRing
+    book: AlertBook
+    journal: IntakeJournal
+    directory: Directory
+    graphs: Callable[[], list[RollingGraph]]
+    owned: Callable[[], set[int]]
+    ready: Callable[[], bool]
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
+
+    # -- plumbing shared by the views -------------------------------------------------
+
+    def authenticate(self, request: Any, roles: frozenset[str]) -> Principal:
+        if not self.ready():
+            raise ApiError(503, "this worker is still reading its shared state; retry shortly")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
+        principal = self.keys.authenticate(token.strip())
+        if principal is None:
+            raise ApiError(401, "unknown or revoked API key")
+        if principal.role not in roles:
+            raise ApiError(403, f"the {principal.role} role may not call this endpoint")
+        return principal
+
+    def respond(self, view: View, body: Any, status: int = 200) -> Any:
+        return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
+
+    async def audit(self, who: Principal, action: str, target: str, status: int) -> None:
+        entry = {
+            "at": time.time(),
+            "key_id": who.key_id,
+            "name": who.name,
+            "role": who.role,
+            "action": action,
+            "target": target,
+            "status": status,
+            "worker": self.directory.worker_id,
+        }
+        await (await self.send(self.settings.audit_topic, None, orjson.dumps(entry), 0, None, None))
+
+    def handler(
+        self, roles: frozenset[str], action: str
+    ) -> Callable[[Callable[..., Awaitable[tuple[Any, int]]]], Callable[..., Awaitable[Any]]]:
+        """Wrap a view method: authenticate, call, audit, and turn ApiError into JSON."""
+
+        def decorate(method: Callable[..., Awaitable[tuple[Any, int]]]) -> Callable[..., Any]:
+            async def run(view: View, request: Any, **kwargs: Any) -> Any:
+                who: Principal | None = None
+                try:
+                    who = self.authenticate(request, roles)
+                    body, status = await method(request, who, **kwargs)
+                except ApiError as error:
+                    body, status = {"error": error.message, **error.extra}, error.status
+                self.metrics.api.labels(endpoint=action, status=str(status)).inc()
+                if who is not None and action != "whoami":
+                    await self.audit(who, f"{request.method} {action}", request.path_qs, status)
+                if isinstance(body, _Raw):
+                    return view.bytes(body.data, content_type=body.content_type, status=status,
+                                      headers=body.headers)  # fmt: skip
+                return self.respond(view, body, status)
+
+            return run
+
+        return decorate
+
+    # -- intake --------------------------------------------------------------------------
+
+    async def post_reports(self, request: Any, who: Principal) -> tuple[Any, int]:
+        items = _decode_array(await _read_body(request))
+        checked: list[tuple[int, dict[str, Any] | None, Any]] = []
+        for index, item in enumerate(items):
+            raw = orjson.dumps(item)
+            report = (
+                report_from_document(item, raw)
+                if isinstance(item, dict)
+                else Rejection("not_object", f"item {index} is not a JSON object", raw)
+            )
+            if not isinstance(report, Rejection) and who.platform not in (None, report.platform):
+                raise ApiError(
+                    403,
+                    f"this key reports for {who.platform}; item {index} claims {report.platform}",
+                )
+            checked.append((index, item if isinstance(item, dict) else None, report))
+        keys = [(r.platform, r.report_id) for _, _, r in checked if not isinstance(r, Rejection)]
+        seen = self.journal.known(keys)
+        results, accepted, deliveries = [], [], []
+        for index, item, report in checked:
+            if isinstance(report, Rejection):
+                self.metrics.reject(report.reason)
+                report_id = item.get("report_id") if item else None
+                results.append(
+                    {"index": index, "report_id": report_id if isinstance(report_id, str) else None,
+                     "status": "rejected", "reason": report.reason, "detail": report.detail}
+                )  # fmt: skip
+                continue
+            key = (report.platform, report.report_id)
+            if key in seen:
+                results.append(
+                    {"index": index, "report_id": report.report_id, "status": "duplicate"}
+                )
+                continue
+            seen.add(key)
+            body = report.to_json()
+            deliveries.append(
+                await self.send(self.settings.reports_topic, partition_key(body), body, None,
+                                None, None)
+            )  # fmt: skip
+            accepted.append((report.platform, report.report_id, body))
+            results.append({"index": index, "report_id": report.report_id, "status": "accepted"})
+        for delivery in deliveries:  # in Kafka, acked, before the answer goes out
+            await delivery
+        self.journal.record(accepted)
+        counts = {status: sum(r["status"] == status for r in results)
+                  for status in ("accepted", "duplicate", "rejected")}  # fmt: skip
+        body = {"accepted": counts["accepted"], "duplicates": counts["duplicate"],
+                "rejected": counts["rejected"], "results": results}  # fmt: skip
+        return body, 202
+
+    # -- alerts --------------------------------------------------------------------------
+
+    async def get_alerts(self, request: Any, who: Principal) -> tuple[Any, int]:
+        query = request.query
+        try:
+            limit = min(1000, max(1, int(query.get("limit", "200"))))
+        except ValueError:
+            raise ApiError(400, "limit must be a whole number") from None
+        alerts, total = self.book.query(
+            states=_csv(query.get("state")),
+            regions=_csv(query.get("region")),
+            platforms=_csv(query.get("platform")),
+            kinds=_csv(query.get("kind")),
+            limit=limit,
+        )
+        return {"alerts": alerts, "total": total}, 200
+
+    async def get_alert(self, request: Any, who: Principal, alert_id: str) -> tuple[Any, int]:
+        try:
+            return self.book.view(alert_id), 200
+        except UnknownAlert:
+            raise ApiError(404, f"no alert {alert_id}") from None
+
+    async def act_on_alert(
+        self, request: Any, who: Principal, alert_id: str, action: str
+    ) -> tuple[Any, int]:
+        if action not in ACTIONS:
+            raise ApiError(404, f"no action {action}; use one of {', '.join(ACTIONS)}")
+        body = await _read_body(request)
+        try:
+            document = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "the body is not JSON") from None
+        note = document.get("note") if isinstance(document, dict) else None
+        if note is not None and not isinstance(note, str):
+            raise ApiError(400, "note must be a string")
+        if action == "dismiss" and not (note or "").strip():
+            raise ApiError(400, "dismissing an alert needs a note saying why")
+        try:
+            self.book.next_state(alert_id, action)
+        except UnknownAlert:
+            raise ApiError(404, f"no alert {alert_id}") from None
+        except LifecycleError as error:
+            raise ApiError(409, str(error)) from None
+        event = {
+            "event_id": uuid.uuid4().hex,
+            "alert_id": alert_id,
+            "action": action,
+            "by": who.label,
+            "at": format_time(time.time()),
+            "note": note,
+        }
+        await (
+            await self.send(self.settings.alert_events_topic, alert_id.encode(),
+                            orjson.dumps(event), 0, None, None)
+        )  # fmt: skip
+        self.book.apply_event(event)  # the follower reads it back too; the id makes it once
+        return self.book.view(alert_id), 200
+
+    # -- actors and snapshots ------------------------------------------------------------
+
+    async def get_actor(self, request: Any, who: Principal, actor_id: str) -> tuple[Any, int]:
+        forwarded = await self._forward_to_owner(request, actor_id)
+        if forwarded is not None:
+            return forwarded
+        for graph in self.graphs():
+            detail = snapshot.actor_detail(graph, actor_id)
+            if detail is not None:
+                if "merged_into" not in detail:
+                    detail["alerts"] = self.book.for_actor(actor_id)
+                return detail, 200
+        raise ApiError(404, f"no actor {actor_id} in the window")
+
+    async def get_actor_graph(self, request: Any, who: Principal, actor_id: str) -> tuple[Any, int]:
+        try:
+            hops = int(request.query.get("hops", "1"))
+        except ValueError:
+            raise ApiError(400, "hops must be a whole number") from None
+        if not 1 <= hops <= MAX_HOPS:
+            raise ApiError(400, f"hops must be 1 to {MAX_HOPS}")
+        if hops == 1:
+            forwarded = await self._forward_to_owner(request, actor_id)
+            if forwarded is not None:
+                return forwarded
+            G = self._local_graph()
+        else:
+            G = await self._whole_graph(request)
+        neighbourhood = snapshot.neighbourhood(G, actor_id, hops)
+        if not neighbourhood:
+            raise ApiError(404, f"no actor {actor_id} in the window")
+        return nx.node_link_data(neighbourhood, edges="edges"), 200
+
+    async def get_snapshot(self, request: Any, who: Principal) -> tuple[Any, int]:
+        query = request.query
+        fmt = query.get("format", "json")
+        if fmt not in snapshot.FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(snapshot.FORMATS)}")
+        G = await self._whole_graph(request)
+        data = snapshot.render(G, fmt)
+        headers = {"Content-Disposition": f'attachment; filename="linkwatch-snapshot.{fmt}"'}
+        return _Raw(data, snapshot.FORMATS[fmt], headers), 200
+
+    async def get_local_part(self, request: Any, who: Principal) -> tuple[Any, int]:
+        """This worker's part of a snapshot, asked for by another worker."""
+        return nx.node_link_data(self._filtered(self._local_graph(), request), edges="edges"), 200
+
+    def _local_graph(self) -> nx.DiGraph:
+        levels: dict[str, int] = {}
+        for alert in self.book.query(kinds=("serial",), limit=1_000_000)[0]:
+            actor = alert["actor_id"]
+            levels[actor] = max(levels.get(actor, 0), int(alert["level"]))
+        return snapshot.to_networkx(self.graphs(), levels)
+
+    def _filtered(self, G: nx.DiGraph, request: Any) -> nx.DiGraph:
+        query = request.query
+        try:
+            since = (
+                datetime.fromisoformat(query["since"].replace("Z", "+00:00"))
+                if "since" in query
+                else None
+            )
+            min_regions = int(query["min_regions"]) if "min_regions" in query else None
+        except ValueError:
+            raise ApiError(400, "since must be RFC 3339 and min_regions a whole number") from None
+        if since is not None and since.tzinfo is None:
+            raise ApiError(400, "since needs a UTC offset or Z")
+        return snapshot.filtered(G, query.get("region"), since, min_regions)
+
+    async def _whole_graph(self, request: Any) -> nx.DiGraph:
+        """Every live worker's part, composed (this worker's own part without a round trip)."""
+        parts = [self._filtered(self._local_graph(), request)]
+        if request.headers.get(FORWARDED):
+            return parts[0]
+        others = [w for w in self.directory.live() if w["worker_id"] != self.directory.worker_id]
+        for worker in others:
+            status, body = await self._call(worker["url"], "/v1/internal/graph", request)
+            if status != 200:
+                raise ApiError(
+                    503, f"worker {worker['worker_id']} did not answer ({status}); retry"
+                )
+            parts.append(snapshot.from_node_link(orjson.loads(body)))
+        return nx.compose_all(parts)
+
+    async def _forward_to_owner(self, request: Any, actor_id: str) -> tuple[Any, int] | None:
+        """None when this worker owns the actor's partition; else the owner's answer."""
+        partitions = list(range(self.settings.partitions))
+        partition = DefaultPartitioner()(actor_id.encode(), partitions, partitions)
+        if partition in self.owned():
+            return None
+        owner = self.directory.owner(partition)
+        if owner is None or request.headers.get(FORWARDED):
+            raise ApiError(503, "the worker owning this actor is not known yet; retry shortly")
+        status, body = await self._call(owner["url"], request.path, request)
+        return orjson.loads(body), status
+
+    async def _call(self, base_url: str, path: str, request: Any) -> tuple[int, bytes]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: "1"}
+        try:
+            async with self._session.get(
+                f"{base_url}{path}", params=request.query, headers=headers
+            ) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return 503, orjson.dumps({"error": "another worker did not answer; retry"})
+
+    # -- registration -----------------------------------------------------------------
+
+    def register(self, app: Any) -> None:
+        api = self
+
+        @app.page("/")
+        class Console(View):
+            async def get(self, request: Any) -> Any:
+                return self.bytes((CONSOLE / "index.html").read_bytes(),
+                                  content_type="text/html")  # fmt: skip
+
+        app.web.add_static("/console/", CONSOLE)
+
+        @app.page("/v1/whoami")
+        class WhoAmI(View):
+            @api.handler(EVERYONE, "whoami")
+            async def get(request: Any, who: Principal) -> tuple[Any, int]:
+                return {"key_id": who.key_id, "name": who.name, "role": who.role,
+                        "platform": who.platform}, 200  # fmt: skip
+
+        @app.page("/v1/reports")
+        class Reports(View):
+            post = api.handler(INTAKE, "reports")(api.post_reports)
+
+        @app.page("/v1/alerts")
+        class Alerts(View):
+            get = api.handler(READ_ALERTS, "alerts")(api.get_alerts)
+
+        @app.page("/v1/alerts/{alert_id}")
+        class AlertDetail(View):
+            get = api.handler(READ_ALERTS, "alert")(api.get_alert)
+
+        @app.page("/v1/alerts/{alert_id}/{action}")
+        class AlertAction(View):
+            post = api.handler(ACT_ON_ALERTS, "alert-action")(api.act_on_alert)
+
+        @app.page("/v1/actors/{actor_id}")
+        class ActorDetail(View):
+            get = api.handler(READ_ACTORS, "actor")(api.get_actor)
+
+        @app.page("/v1/actors/{actor_id}/graph")
+        class ActorGraph(View):
+            get = api.handler(READ_ACTORS, "actor-graph")(api.get_actor_graph)
+
+        @app.page("/v1/graph/snapshot")
+        class Snapshot(View):
+            get = api.handler(SNAPSHOTS, "snapshot")(api.get_snapshot)
+
+        @app.page("/v1/internal/graph")
+        class LocalPart(View):
+            get = api.handler(READ_ACTORS, "internal-graph")(api.get_local_part)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    data: bytes
+    content_type: str
+    headers: dict[str, str]
+
+
+async def _read_body(request: Any) -> bytes:
+    declared = request.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_array(body: bytes) -> list[Any]:
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, f"the body is not JSON: {error}") from None
+    if not isinstance(items, list):
+        raise ApiError(400, "the body must be a JSON array of reports")
+    if not 1 <= len(items) <= MAX_REPORTS:
+        raise ApiError(400, f"send 1 to {MAX_REPORTS} reports at a time, not {len(items)}")
+    return items
+
+
+def _csv(value: str | None) -> list[str]:
+    return [part for part in (value or "").split(",") if part]

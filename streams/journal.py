@@ -1,0 +1,57 @@
+"""The intake journal: reports this worker accepted over HTTP, kept on local disk.
+
+It answers "did I accept this (platform, report_id) already?" for the intake API, and it
+keeps the accepted bytes so that they can be sent to Kafka again after a broker loses them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["IntakeJournal"]
+
+
+class IntakeJournal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS accepted ("
+            " platform TEXT NOT NULL, report_id TEXT NOT NULL, accepted_at REAL NOT NULL,"
+            " body BLOB NOT NULL, PRIMARY KEY (platform, report_id))"
+        )
+
+    def known(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (platform, report_id) pairs were accepted before."""
+        found: set[tuple[str, str]] = set()
+        for platform, report_id in keys:
+            row = self._db.execute(
+                "SELECT 1 FROM accepted WHERE platform = ? AND report_id = ?",
+                (platform, report_id),
+            ).fetchone()
+            if row is not None:
+                found.add((platform, report_id))
+        return found
+
+    def record(self, rows: Iterable[tuple[str, str, bytes]]) -> None:
+        """Remember accepted reports, durably, in one transaction."""
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO accepted VALUES (?, ?, ?, ?)",
+                [(platform, report_id, now, body) for platform, report_id, body in rows],
+            )
+
+    def prune(self, older_than: float) -> int:
+        """Forget what was accepted before `older_than` (seconds since the epoch)."""
+        with self._db:
+            cursor = self._db.execute("DELETE FROM accepted WHERE accepted_at < ?", (older_than,))
+        return int(cursor.rowcount)
+
+    def close(self) -> None:
+        self._db.close()
