@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit integration lint typecheck bench bench-quick eval clean
+.PHONY: install browser run test unit integration lint typecheck bench bench-quick eval clean
 
 install: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/linkwatch run --demo
 
-test: install lint typecheck
+test: install browser lint typecheck
 	$(BIN)/pytest tests
+
+# The console test drives Debian's Chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the console test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 unit: install
 	$(BIN)/pytest tests/unit
