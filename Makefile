@@ -40,13 +40,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-bench: install
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m streams.bench
 
 eval: install
 	$(BIN)/python -m streams.evaluate
 
-bench-quick: install
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m streams.bench --reports 30000 --latency-cases 50 --out bench/result-quick.json
 
 clean:

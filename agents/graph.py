@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from agents.replay import Message, PartitionedState, Send
+from agents.replay import Message, PartitionedState, Send, packs
 from graph.records import InvalidRecord, PartitionGraph
 from graph.window import RollingGraph
-from streams.kafka import read_partitions
+from streams.kafka import actor_partition, read_partitions
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -29,8 +30,8 @@ __all__ = ["GraphStage", "make_graph_agent"]
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
-BATCH_WITHIN = 0.05
+BATCH_SIZE = 8  # fetched batches taken together
+BATCH_WITHIN = 0.01
 
 
 class GraphStage:
@@ -65,47 +66,53 @@ class GraphStage:
     async def _apply(
         self, partition: int, graph: PartitionGraph, message: Message, replaying: bool
     ) -> list[Any]:
+        """Apply one packed message: `[[actor_id, record], ...]` for this partition."""
         try:
-            record = orjson.loads(message.value or b"")
-            handled = graph.handle((message.key or b"").decode(), record, time.time())
-        except (orjson.JSONDecodeError, InvalidRecord, KeyError, TypeError, AttributeError) as exc:
-            # Only linkwatch writes this topic: this is a bug or a foreign writer, never input.
-            log.error(
-                "skipped an unreadable record on %s: %s",
-                self.settings.actor_reports_topic,
-                type(exc).__name__,
-            )
-            self.metrics.internal_errors.inc()
-            return []
+            entries = orjson.loads(message.value or b"")
+        except orjson.JSONDecodeError:
+            entries = None
+        if not isinstance(entries, list):
+            return self._internal_error("an unreadable message")
+        now = time.time()
+        alerts = []
+        outcomes: Counter[str] = Counter()
+        onward: dict[int, list[list[Any]]] = {}
+        for entry in entries:
+            try:
+                key, record = entry
+                handled = graph.handle(str(key), record, now)
+            except (InvalidRecord, KeyError, TypeError, ValueError, AttributeError):
+                # Only linkwatch writes this topic: a bug or a foreign writer, never input.
+                self._internal_error("an unreadable record")
+                continue
+            alerts += handled.alerts
+            if not replaying:
+                outcomes.update(handled.outcomes)
+                for target_key, absorb in handled.sends:
+                    self.metrics.merges.inc()
+                    target = actor_partition(target_key, self.settings.partitions)
+                    onward.setdefault(target, []).append([target_key, absorb])
+        for outcome, count in outcomes.items():  # one counter update per outcome and batch
+            self.metrics.reports.labels(outcome=str(outcome)).inc(count)
         deliveries = []
-        if not replaying:
-            for outcome in handled.outcomes:
-                self.metrics.reports.labels(outcome=str(outcome)).inc()
-            for key, onward in handled.sends:
-                self.metrics.merges.inc()
+        for target, entries in sorted(onward.items()):
+            for pack in packs(entries):
                 deliveries.append(
-                    await self.send(
-                        self.settings.actor_reports_topic,
-                        key.encode(),
-                        orjson.dumps(onward),
-                        None,
-                        None,
-                        None,
-                    )
-                )
-        for alert in handled.alerts:
+                    await self.send(self.settings.actor_reports_topic, None, orjson.dumps(pack),
+                                    target, None, None)
+                )  # fmt: skip
+        for alert in alerts:
             self.metrics.alerts.labels(kind=alert.kind).inc()
             deliveries.append(
-                await self.send(
-                    self.settings.alerts_topic,
-                    alert.actor_id.encode(),
-                    orjson.dumps(alert.to_dict()),
-                    partition,
-                    None,
-                    None,
-                )
-            )
+                await self.send(self.settings.alerts_topic, alert.actor_id.encode(),
+                                orjson.dumps(alert.to_dict()), partition, None, None)
+            )  # fmt: skip
         return deliveries
+
+    def _internal_error(self, what: str) -> list[Any]:
+        log.error("skipped %s on %s", what, self.settings.actor_reports_topic)
+        self.metrics.internal_errors.inc()
+        return []
 
 
 def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:
@@ -114,10 +121,12 @@ def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:
     async def graph_agent(stream: Any) -> None:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
             deliveries: list[Any] = []
+            now = time.time()
             for event in events:
-                message = event.message
-                deliveries += await stage.partitions.process(message.partition, message)
-                stage.metrics.latency.observe(max(0.0, time.time() - message.timestamp))
+                for record in event.message.value:
+                    deliveries += await stage.partitions.process(record.partition, record)
+                    if record.timestamp is not None:
+                        stage.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
             # The batch is acked only once Kafka has everything it produced.
             await asyncio.gather(*deliveries)
             stage.refresh_gauges()

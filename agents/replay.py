@@ -20,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from streams.kafka import read_partitions
 
-__all__ = ["Message", "PartitionedState", "Send"]
+__all__ = ["PACK", "Message", "PartitionedState", "Send", "packs"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,14 @@ S = TypeVar("S")
 
 # Faust's producer.send(topic, key, value, partition, timestamp, headers) -> delivery future.
 Send = Callable[..., Awaitable[Awaitable[Any]]]
+
+# Records per message on the internal topics: a few hundred KB, well under Kafka's 1 MB.
+PACK = 500
+
+
+def packs(items: list[Any]) -> list[list[Any]]:
+    """Split what one batch produced into messages of at most PACK records, in order."""
+    return [items[start : start + PACK] for start in range(0, len(items), PACK)]
 
 
 class Message(Protocol):

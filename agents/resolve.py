@@ -15,10 +15,11 @@ from typing import Any
 
 import orjson
 
-from agents.replay import Message, PartitionedState, Send
+from agents.replay import Message, PartitionedState, Send, packs
 from graph.aliases import AliasResolver
-from graph.contract import Rejection, report_from_document
+from graph.contract import Report
 from graph.records import resolution_records
+from streams.kafka import actor_partition
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -26,8 +27,8 @@ __all__ = ["ResolveStage", "make_resolve_agent"]
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
-BATCH_WITHIN = 0.05
+BATCH_SIZE = 8  # fetched batches taken together
+BATCH_WITHIN = 0.01
 
 
 class ResolveStage:
@@ -50,39 +51,39 @@ class ResolveStage:
         self, partition: int, resolver: AliasResolver, message: Message, replaying: bool
     ) -> list[Any]:
         try:
-            document = orjson.loads(message.value or b"")
-        except orjson.JSONDecodeError:
-            document = None
-        report = report_from_document(document) if isinstance(document, dict) else None
-        if report is None or isinstance(report, Rejection):
-            log.error("skipped an invalid report on %s", self.settings.identity_topic)
+            documents = orjson.loads(message.value or b"")
+            reports = [(document, Report.from_canonical(document)) for document in documents]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("skipped an unreadable batch on %s", self.settings.identity_topic)
             self.metrics.internal_errors.inc()
             return []
-        resolution = resolver.resolve(report)
-        self.metrics.accounts.set(resolver.accounts)
-        if replaying:
-            return []
         settings, send = self.settings, self.send
+        by_partition: dict[int, list[list[Any]]] = {}
         deliveries = []
-        for hub in resolution.hubs:
-            self.metrics.hubs.labels(signal=hub.signal).inc()
-            log.warning("signal hub: a %s value reached %d accounts", hub.signal, hub.accounts)
-            value = {"signal": hub.signal, "fingerprint": hub.fingerprint, "accounts": hub.accounts}
-            deliveries.append(
-                await send(settings.hubs_topic, None, orjson.dumps(value), None, None, None)
-            )
-        timestamp = getattr(message, "timestamp", None)
-        for key, record in resolution_records(resolution, document):
-            deliveries.append(
-                await send(
-                    settings.actor_reports_topic,
-                    key.encode(),
-                    orjson.dumps(record),
-                    None,
-                    timestamp,
-                    None,
+        for document, report in reports:
+            resolution = resolver.resolve(report)
+            if replaying:
+                continue
+            for hub in resolution.hubs:
+                self.metrics.hubs.labels(signal=hub.signal).inc()
+                log.warning("signal hub: a %s value reached %d accounts", hub.signal, hub.accounts)
+                value = {"signal": hub.signal, "fingerprint": hub.fingerprint,
+                         "accounts": hub.accounts}  # fmt: skip
+                deliveries.append(
+                    await send(settings.hubs_topic, None, orjson.dumps(value), None, None, None)
                 )
-            )
+            for key, record in resolution_records(resolution, document):
+                target = actor_partition(key, settings.partitions)
+                by_partition.setdefault(target, []).append([key, record])
+        self.metrics.accounts.set(resolver.accounts)
+        # One message per partition: the records of this batch for that partition, in order.
+        timestamp = getattr(message, "timestamp", None)
+        for target, entries in sorted(by_partition.items()):
+            for pack in packs(entries):
+                deliveries.append(
+                    await send(settings.actor_reports_topic, None, orjson.dumps(pack), target,
+                               timestamp / 1000.0 if timestamp else None, None)
+                )  # fmt: skip
         return deliveries
 
 
@@ -93,7 +94,8 @@ def make_resolve_agent(stage: ResolveStage) -> Callable[[Any], Awaitable[None]]:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
             deliveries: list[Any] = []
             for event in events:
-                deliveries += await stage.partitions.process(event.message.partition, event.message)
+                for record in event.message.value:
+                    deliveries += await stage.partitions.process(record.partition, record)
             await asyncio.gather(*deliveries)
 
     return resolve_agent

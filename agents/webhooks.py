@@ -77,19 +77,20 @@ def make_webhooks(settings: Settings, metrics: Metrics) -> Callable[[Any], Await
     async def webhooks(stream: Any) -> None:
         timeout = aiohttp.ClientTimeout(total=TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            async for events in stream.take_events(100, within=0.05):
+            async for events in stream.take_events(8, within=0.05):
                 await asyncio.gather(
                     *(
                         deliver(
                             session,
                             url,
-                            event.message.value,
-                            _alert_id(event.message.value),
+                            record.value,
+                            _alert_id(record.value),
                             settings.webhook_secret,
                             settings.webhook_attempts,
                             metrics,
                         )
                         for event in events
+                        for record in event.message.value
                         for url in settings.webhooks
                     )
                 )

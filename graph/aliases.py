@@ -125,6 +125,7 @@ class AliasResolver:
         self.link_by_text = link_by_text
         self._parent: dict[str, str] = {}
         self._founder: dict[str, tuple[int, str]] = {}  # root -> (order, founding account)
+        self._actor_ids: dict[str, str] = {}  # root -> its actor id (a keyed hash: cached)
         self._values: dict[str, _Value] = {}
         self._hubs: set[str] = set()
         self._order = 0
@@ -139,7 +140,7 @@ class AliasResolver:
         return len(self._hubs)
 
     def actor_of(self, account: str) -> str:
-        return actor_id_for(self._founder[self._find(account)][1], self.secret)
+        return self._actor_ids[self._find(account)]
 
     def resolve(self, report: Report) -> Resolution:
         self.watermark = max(self.watermark, report.event_time)
@@ -148,7 +149,9 @@ class AliasResolver:
         if new:
             self._parent[account] = account
             self._founder[account] = (self._order, account)
+            self._actor_ids[account] = actor_id_for(account, self.secret)
             self._order += 1
+        new_actor = self._actor_ids[account] if new else None
         links: list[Link] = []
         merges: list[Merge] = []
         hubs: list[Hub] = []
@@ -176,7 +179,7 @@ class AliasResolver:
             if merge is not None:
                 links.append(Link((first, account), signal))
                 # An account first seen in this very report has no state anywhere to move.
-                if not (new and merge.absorbed == actor_id_for(account, self.secret)):
+                if merge.absorbed != new_actor:
                     merges.append(merge)
         return Resolution(
             self.actor_of(account), tuple(links), tuple(merges), tuple(hubs), self.watermark
@@ -208,10 +211,9 @@ class AliasResolver:
         if a == b:
             return None
         older, newer = (a, b) if self._founder[a] < self._founder[b] else (b, a)
-        absorbed = actor_id_for(self._founder[newer][1], self.secret)
         self._parent[newer] = older
         del self._founder[newer]
-        return Merge(absorbed=absorbed, into=actor_id_for(self._founder[older][1], self.secret))
+        return Merge(absorbed=self._actor_ids.pop(newer), into=self._actor_ids[older])
 
     def _fingerprint(self, key: str) -> str:
         return hmac.new(self.secret, key.encode(), hashlib.sha256).hexdigest()[:16]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graph.aliases import Link, Resolution
-from graph.contract import Rejection, report_from_document
+from graph.contract import Report
 from graph.rules import Alert
 from graph.window import Outcome, RollingGraph
 
@@ -147,9 +147,10 @@ class PartitionGraph:
     def _apply(self, actor: str, record: Record, now: float) -> Handled:
         if record["kind"] == "merge":
             return self._merge(record)
-        report = report_from_document(record["report"])
-        if isinstance(report, Rejection):
-            raise InvalidRecord(f"invalid report: {report.reason}")
+        try:
+            report = Report.from_canonical(record["report"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidRecord(f"not a canonical report: {type(error).__name__}") from None
         links = [Link.from_dict(link) for link in record.get("links", ())]
         applied = self.graph.apply(actor, report, now, links, _stamp(record))
         return Handled([applied.outcome], list(applied.alerts))

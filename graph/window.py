@@ -1,11 +1,19 @@
-"""The rolling actor-victim graph of one partition: event-time window, expiry, merges, the rule."""
+"""The rolling actor-victim graph of one partition: event-time window, expiry, merges, the rule.
+
+Memory and time per report are what bound linkwatch (the performance issue), so the layout
+is compact: an edge is a slotted object whose multi-valued fields (regions, categories,
+report ids, accounts) hold a single string until a second value arrives, then a tuple, and
+a set only past a handful. Expiry keeps one heap entry per actor, not per edge.
+"""
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
+import sys
 from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -14,6 +22,37 @@ from graph.contract import Report
 from graph.rules import Alert, CrossRegionRule, describe
 
 __all__ = ["Actor", "Applied", "Edge", "Outcome", "RollingGraph"]
+
+# A multi-valued field: one value, a small tuple, or (past _SET_AFTER values) a set.
+Values = str | tuple[str, ...] | set[str]
+_SET_AFTER = 8
+
+
+def _add(values: Values | None, value: str) -> Values:
+    if values is None:
+        return sys.intern(value) if len(value) <= 64 else value
+    if isinstance(values, str):
+        return values if values == value else (values, value)
+    if isinstance(values, tuple):
+        if value in values:
+            return values
+        return (*values, value) if len(values) < _SET_AFTER else {*values, value}
+    values.add(value)
+    return values
+
+
+def _items(values: Values) -> Iterable[str]:
+    return (values,) if isinstance(values, str) else values
+
+
+def _has(values: Values, value: str) -> bool:
+    return values == value if isinstance(values, str) else value in values
+
+
+def _union(values: Values, others: Iterable[str]) -> Values:
+    for value in others:
+        values = _add(values, value)
+    return values
 
 
 class Outcome(StrEnum):
@@ -24,72 +63,190 @@ class Outcome(StrEnum):
     TOO_OLD = "too_old"
 
 
-@dataclass(slots=True)
 class Edge:
-    """Everything one actor did to one victim inside the window."""
+    """Everything one actor did to one victim inside the window.
 
-    victim: str
-    region: str
-    region_time: float
-    first_seen: float
-    last_seen: float
-    regions: set[str] = field(default_factory=set)
-    categories: set[str] = field(default_factory=set)
-    report_ids: set[str] = field(default_factory=set)
-    accounts: set[str] = field(default_factory=set)
+    `region` is the victim's region in their latest report (so its time is `last_seen`);
+    `regions` are all regions reported for them.
+    """
+
+    __slots__ = ("_accounts", "_categories", "_regions", "_report_ids", "first_seen",
+                 "last_seen", "region", "victim")  # fmt: skip
+
+    def __init__(
+        self, victim: str, region: str, moment: float, report_id: str, category: str, account: str
+    ) -> None:
+        self.victim = victim
+        self.region: str = _add(None, region)  # type: ignore[assignment]  # a str, interned
+        self.first_seen = moment
+        self.last_seen = moment
+        self._regions: Values = self.region
+        self._categories: Values = _add(None, category)
+        self._report_ids: Values = report_id
+        self._accounts: Values = _add(None, account)
+
+    @property
+    def regions(self) -> frozenset[str]:
+        return frozenset(_items(self._regions))
+
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset(_items(self._categories))
+
+    @property
+    def report_ids(self) -> frozenset[str]:
+        return frozenset(_items(self._report_ids))
+
+    @property
+    def accounts(self) -> frozenset[str]:
+        return frozenset(_items(self._accounts))
+
+    def has_report(self, report_id: str) -> bool:
+        return _has(self._report_ids, report_id)
+
+    def add_report(self, moment: float, region: str, report_id: str, category: str,
+                   account: str) -> bool:  # fmt: skip
+        """Fold in one more report; True when what the rule looks at changed: the victim's
+        current region, or their first report's time (which decides their episode)."""
+        changed = moment < self.first_seen
+        if changed:
+            self.first_seen = moment
+        if moment >= self.last_seen:
+            if region != self.region:
+                self.region = _add(None, region)  # type: ignore[assignment]
+                changed = True
+            self.last_seen = moment
+        self._regions = _add(self._regions, region)
+        self._categories = _add(self._categories, category)
+        self._report_ids = _add(self._report_ids, report_id)
+        self._accounts = _add(self._accounts, account)
+        return changed
 
     def merge(self, other: Edge) -> None:
         """Fold another record of the same actor-victim pair in (idempotent)."""
+        if other.last_seen > self.last_seen:
+            self.region, self.last_seen = other.region, other.last_seen
         self.first_seen = min(self.first_seen, other.first_seen)
-        self.last_seen = max(self.last_seen, other.last_seen)
-        if other.region_time > self.region_time:
-            self.region, self.region_time = other.region, other.region_time
-        self.regions |= other.regions
-        self.categories |= other.categories
-        self.report_ids |= other.report_ids
-        self.accounts |= other.accounts
+        self._regions = _union(self._regions, _items(other._regions))
+        self._categories = _union(self._categories, _items(other._categories))
+        self._report_ids = _union(self._report_ids, _items(other._report_ids))
+        self._accounts = _union(self._accounts, _items(other._accounts))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "victim": self.victim,
             "region": self.region,
-            "region_time": self.region_time,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            "regions": sorted(self.regions),
-            "categories": sorted(self.categories),
-            "report_ids": sorted(self.report_ids),
-            "accounts": sorted(self.accounts),
+            "regions": sorted(_items(self._regions)),
+            "categories": sorted(_items(self._categories)),
+            "report_ids": sorted(_items(self._report_ids)),
+            "accounts": sorted(_items(self._accounts)),
         }
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> Edge:
-        return cls(
-            victim=document["victim"],
-            region=document["region"],
-            region_time=float(document["region_time"]),
-            first_seen=float(document["first_seen"]),
-            last_seen=float(document["last_seen"]),
-            regions=set(document["regions"]),
-            categories=set(document["categories"]),
-            report_ids=set(document["report_ids"]),
-            accounts=set(document["accounts"]),
-        )
+        edge = cls.__new__(cls)
+        edge.victim = document["victim"]
+        edge.region = _add(None, document["region"])  # type: ignore[assignment]
+        edge.first_seen = float(document["first_seen"])
+        edge.last_seen = float(document["last_seen"])
+        edge._regions = _union(edge.region, document["regions"])
+        edge._categories = _union(_add(None, document["categories"][0]), document["categories"])
+        edge._report_ids = _union(document["report_ids"][0], document["report_ids"])
+        edge._accounts = _union(_add(None, document["accounts"][0]), document["accounts"])
+        return edge
 
 
-@dataclass(slots=True)
+class _Timeline:
+    """An actor's victims' first-report times, sorted, with its episode count kept current.
+
+    Only actors with enough victims to alert have one; it turns "recount the episodes of
+    300 victims" (a brigade) into a bisect per new victim.
+    """
+
+    __slots__ = ("episodes", "gap", "regions", "times")
+
+    def __init__(self, victims: Iterable[tuple[float, str]], gap: float) -> None:
+        self.gap = gap
+        self.times: list[float] = []
+        self.regions: dict[str, int] = {}  # victims per current region
+        for moment, region in victims:
+            self.times.append(moment)
+            self.regions[region] = self.regions.get(region, 0) + 1
+        self.times.sort()
+        self.episodes = 1 + sum(
+            1 for a, b in zip(self.times, self.times[1:], strict=False) if b - a >= gap
+        ) if self.times else 0  # fmt: skip
+
+    def add(self, moment: float, region: str) -> int:
+        """Insert one new victim; returns the index of their time."""
+        self.regions[region] = self.regions.get(region, 0) + 1
+        times, gap = self.times, self.gap
+        index = bisect.bisect_right(times, moment)
+        before = times[index - 1] if index else None
+        after = times[index] if index < len(times) else None
+        if before is None and after is None:
+            self.episodes = 1
+        elif before is not None and after is not None:
+            self.episodes += (
+                (moment - before >= gap) + (after - moment >= gap) - (after - before >= gap)
+            )
+        else:
+            self.episodes += abs(moment - (before if before is not None else after)) >= gap  # type: ignore[operator]
+        times.insert(index, moment)
+        return index
+
+    def episode_size(self, index: int) -> int:
+        """How many victims share the episode of the time at `index`."""
+        times, gap = self.times, self.gap
+        start = end = index
+        while start > 0 and times[start] - times[start - 1] < gap:
+            start -= 1
+        while end + 1 < len(times) and times[end + 1] - times[end] < gap:
+            end += 1
+        return end - start + 1
+
+
 class Actor:
     """One actor: live edges, the links that joined its accounts, and openers they used."""
 
-    actor_id: str
-    edges: dict[str, Edge] = field(default_factory=dict)
-    links: dict[Link, None] = field(default_factory=dict)  # insertion-ordered set
-    openers: dict[str, set[str]] = field(default_factory=dict)
-    merged: set[str] = field(default_factory=set)
-    brigade_raised: bool = False
+    __slots__ = ("_links", "_merged", "_openers", "actor_id", "edges", "expires_at", "timeline")
+
+    def __init__(self, actor_id: str) -> None:
+        self.actor_id = actor_id
+        self.edges: dict[str, Edge] = {}
+        self._links: dict[Link, None] | None = None  # most actors have none
+        self._openers: dict[str, set[str]] | None = None
+        self._merged: set[str] | None = None
+        self.expires_at = math.inf  # the earliest last_seen its heap entry was pushed with
+        self.timeline: _Timeline | None = None  # built when first needed; None = rebuild
+
+    @property
+    def links(self) -> list[Link]:
+        return list(self._links or ())
+
+    @property
+    def merged(self) -> frozenset[str]:
+        return frozenset(self._merged or ())
+
+    def add_link(self, link: Link) -> None:
+        if self._links is None:
+            self._links = {}
+        self._links[link] = None
+
+    def add_opener(self, opener: str, accounts: Iterable[str]) -> None:
+        if self._openers is None:
+            self._openers = {}
+        self._openers.setdefault(opener, set()).update(accounts)
+
+    def add_merged(self, actor_ids: Iterable[str]) -> None:
+        if self._merged is None:
+            self._merged = set()
+        self._merged.update(actor_ids)
 
     def accounts(self) -> set[str]:
-        return set().union(*(edge.accounts for edge in self.edges.values()))
+        return {account for edge in self.edges.values() for account in _items(edge._accounts)}
 
     def regions(self) -> set[str]:
         return {edge.region for edge in self.edges.values()}
@@ -100,7 +257,7 @@ class Actor:
     def shared_openers(self) -> list[dict[str, Any]]:
         shared = [
             {"opener": opener, "accounts": len(accounts)}
-            for opener, accounts in self.openers.items()
+            for opener, accounts in (self._openers or {}).items()
             if len(accounts) > 1
         ]
         return sorted(shared, key=lambda item: (-item["accounts"], item["opener"]))
@@ -111,7 +268,9 @@ class Actor:
             "actor_id": self.actor_id,
             "edges": [edge.to_dict() for edge in self.edges.values()],
             "links": [link.to_dict() for link in self.links],
-            "openers": {opener: sorted(accounts) for opener, accounts in self.openers.items()},
+            "openers": {
+                opener: sorted(accounts) for opener, accounts in (self._openers or {}).items()
+            },
             "merged": sorted(self.merged),
         }
 
@@ -147,8 +306,8 @@ class RollingGraph:
         self._brigades: set[str] = set()
         # Actors merged away on this partition, and the actor each now lives in.
         self._forward: dict[str, str] = {}
-        # (last_seen when pushed, actor_id, victim): one entry per edge, re-pushed lazily.
-        self._expiry: list[tuple[float, str, str]] = []
+        # (an actor's earliest last_seen when pushed, actor_id): checked lazily.
+        self._expiry: list[tuple[float, str]] = []
         self.pinned: Container[str] = frozenset()
 
     @property
@@ -188,36 +347,34 @@ class RollingGraph:
         `now` is wall-clock time, used only for the alerts' `raised_at`.
         """
         moment = report.event_time
-        cutoff = self._advance(
-            actor_id, max(self.watermark, moment) if watermark is None else watermark
-        )
+        stamp = max(self.watermark, moment) if watermark is None else watermark
+        cutoff = self._advance(actor_id, stamp)
         if moment < cutoff:
             return Applied(Outcome.TOO_OLD)
         actor = self._actors.get(actor_id)
         if actor is None:
             actor = self._actors[actor_id] = Actor(actor_id)
         for link in links:
-            actor.links[link] = None
-        edge = actor.edges.get(report.victim_key)
-        if edge is not None and report.report_id in edge.report_ids:
+            actor.add_link(link)
+        if report.text is not None:
+            opener = opener_of(report.text)
+            if opener is not None:
+                actor.add_opener(opener, (report.offender_key,))
+        victim = report.victim_key
+        edge = actor.edges.get(victim)
+        if edge is None:
+            edge = Edge(victim, report.victim_region, moment, report.report_id, report.category,
+                        report.offender_key)  # fmt: skip
+            self._insert(actor, edge)
+            return Applied(Outcome.ACCEPTED, self._check(actor, now, (moment, edge.region)))
+        if edge.has_report(report.report_id):
             return Applied(Outcome.DUPLICATE)
-        self._add_edge(
-            actor,
-            Edge(
-                victim=report.victim_key,
-                region=report.victim_region,
-                region_time=moment,
-                first_seen=moment,
-                last_seen=moment,
-                regions={report.victim_region},
-                categories={report.category},
-                report_ids={report.report_id},
-                accounts={report.offender_key},
-            ),
-        )
-        opener = opener_of(report.text)
-        if opener is not None:
-            actor.openers.setdefault(opener, set()).add(report.offender_key)
+        first_seen = edge.first_seen
+        if not edge.add_report(moment, report.victim_region, report.report_id, report.category,
+                               report.offender_key):  # fmt: skip
+            return Applied(Outcome.ACCEPTED)  # nothing the rule looks at changed
+        if edge.first_seen != first_seen:
+            actor.timeline = None
         return Applied(Outcome.ACCEPTED, self._check(actor, now))
 
     def detach(
@@ -241,16 +398,16 @@ class RollingGraph:
         actor = self._actors.get(into)
         if actor is None:
             actor = self._actors[into] = Actor(into)
-        actor.merged.add(state["actor_id"])
-        actor.merged.update(state["merged"])
+        actor.add_merged((state["actor_id"], *state["merged"]))
         for link in state["links"]:
-            actor.links[Link.from_dict(link)] = None
+            actor.add_link(Link.from_dict(link))
         for opener, accounts in state["openers"].items():
-            actor.openers.setdefault(opener, set()).update(accounts)
+            actor.add_opener(opener, accounts)
         for document in state["edges"]:
             edge = Edge.from_dict(document)
             if edge.last_seen >= cutoff:
-                self._add_edge(actor, edge)
+                self._insert(actor, edge)
+        actor.timeline = None
         if not actor.edges:
             del self._actors[into]
             return ()
@@ -266,34 +423,59 @@ class RollingGraph:
             self._expire_actor(actor_id, cutoff)
         return cutoff
 
-    def _add_edge(self, actor: Actor, edge: Edge) -> None:
+    def _insert(self, actor: Actor, edge: Edge) -> None:
         existing = actor.edges.get(edge.victim)
         if existing is None:
             actor.edges[edge.victim] = edge
-            heapq.heappush(self._expiry, (edge.last_seen, actor.actor_id, edge.victim))
             self.live_edges += 1
         else:
             existing.merge(edge)
+        self._schedule(actor, edge.last_seen)
 
-    def _check(self, actor: Actor, now: float) -> tuple[Alert, ...]:
+    def _schedule(self, actor: Actor, last_seen: float) -> None:
+        """Make sure the actor's heap entry is no later than `last_seen`."""
+        if last_seen < actor.expires_at:
+            actor.expires_at = last_seen
+            heapq.heappush(self._expiry, (last_seen, actor.actor_id))
+
+    def _check(
+        self, actor: Actor, now: float, new_victim: tuple[float, str] | None = None
+    ) -> tuple[Alert, ...]:
+        """The rule, for an actor that just gained a victim (`new_victim`: their first
+        report time and region) or changed in another way the rule looks at."""
+        rule, edges = self.rule, actor.edges
+        if len(edges) < rule.min_regions and len(edges) < rule.brigade_victims:
+            return ()  # too few victims for either kind of alert
+        timeline = actor.timeline
+        if timeline is None or new_victim is None:
+            timeline = actor.timeline = _Timeline(actor.victims(), rule.episode_hours * 3600.0)
+            index = None
+        else:
+            index = timeline.add(*new_victim)
         alerts = []
-        victims = actor.victims()
-        level = self.rule.level(victims)
-        if level > self._raised.get(actor.actor_id, 0):
-            self._raised[actor.actor_id] = level
-            alerts.append(self._alert(actor, "serial", level, list(actor.edges.values()), now))
-        if len(victims) >= self.rule.brigade_victims and actor.actor_id not in self._brigades:
-            burst = self.rule.largest_episode(victims)
-            if len(burst) >= self.rule.brigade_victims:
-                self._brigades.add(actor.actor_id)
-                in_burst = {moment for moment, _ in burst}
-                edges = [e for e in actor.edges.values() if e.first_seen in in_burst]
-                level = len({edge.region for edge in edges})
-                alerts.append(self._alert(actor, "brigade", level, edges, now))
+        raised = self._raised.get(actor.actor_id, 0)
+        # The level never exceeds the episodes nor the regions: most actors stop here.
+        bound = min(timeline.episodes, len(timeline.regions))
+        if bound > raised and bound >= rule.min_regions:
+            victims = actor.victims()
+            level = rule.level(victims)
+            if level > raised:
+                self._raised[actor.actor_id] = level
+                alerts.append(self._alert(actor, "serial", level, list(edges.values()), now))
+        if len(edges) >= rule.brigade_victims and actor.actor_id not in self._brigades:
+            grew = timeline.episode_size(index) if index is not None else rule.brigade_victims
+            if grew >= rule.brigade_victims:
+                burst = rule.largest_episode(actor.victims())
+                if len(burst) >= rule.brigade_victims:
+                    self._brigades.add(actor.actor_id)
+                    in_burst = {moment for moment, _ in burst}
+                    chosen = [edge for edge in edges.values() if edge.first_seen in in_burst]
+                    level = len({edge.region for edge in chosen})
+                    alerts.append(self._alert(actor, "brigade", level, chosen, now))
         return tuple(alerts)
 
     def _alert(self, actor: Actor, kind: str, level: int, edges: list[Edge], now: float) -> Alert:
-        accounts = set().union(*(edge.accounts for edge in edges))
+        accounts = {a for edge in edges for a in _items(edge._accounts)}
         first_seen = min(edge.first_seen for edge in edges)
         last_seen = max(edge.last_seen for edge in edges)
         victims_by_region: dict[str, int] = {}
@@ -312,12 +494,12 @@ class RollingGraph:
             victims_by_region=victims_by_region,
             accounts=tuple(sorted(accounts)),
             platforms=tuple(sorted({account.split(":", 1)[0] for account in accounts})),
-            categories=tuple(sorted(set().union(*(edge.categories for edge in edges)))),
+            categories=tuple(sorted({c for edge in edges for c in _items(edge._categories)})),
             report_ids=tuple(
                 sorted(
                     f"{edge.victim.split(':', 1)[0]}:{report_id}"
                     for edge in edges
-                    for report_id in edge.report_ids
+                    for report_id in _items(edge._report_ids)
                 )
             ),
             first_seen=first_seen,
@@ -336,17 +518,16 @@ class RollingGraph:
         expiry, pinned = self._expiry, []
         while expiry and expiry[0][0] < cutoff:
             entry = heapq.heappop(expiry)
-            _, actor_id, victim = entry
-            actor = self._actors.get(actor_id)
-            edge = actor.edges.get(victim) if actor is not None else None
-            if actor is None or edge is None:
-                continue  # expired already, or merged away and now under another id
-            if actor_id in self.pinned:
+            actor = self._actors.get(entry[1])
+            if actor is None or entry[0] != actor.expires_at:
+                continue  # gone, merged away, or superseded by a newer entry
+            if actor.actor_id in self.pinned:
                 pinned.append(entry)
-            elif edge.last_seen >= cutoff:
-                heapq.heappush(expiry, (edge.last_seen, actor_id, victim))
-            else:
-                self._remove_edge(actor, victim)
+                continue
+            actor.expires_at = math.inf
+            self._expire_actor(actor.actor_id, cutoff)
+            if actor.edges:
+                self._schedule(actor, min(edge.last_seen for edge in actor.edges.values()))
         for entry in pinned:
             heapq.heappush(expiry, entry)
 
@@ -355,11 +536,11 @@ class RollingGraph:
         actor = self._actors.get(actor_id)
         if actor is None:
             return
-        for victim in [v for v, edge in actor.edges.items() if edge.last_seen < cutoff]:
-            self._remove_edge(actor, victim)
-
-    def _remove_edge(self, actor: Actor, victim: str) -> None:
-        del actor.edges[victim]
-        self.live_edges -= 1
+        old = [victim for victim, edge in actor.edges.items() if edge.last_seen < cutoff]
+        if old:
+            actor.timeline = None
+        for victim in old:
+            del actor.edges[victim]
+        self.live_edges -= len(old)
         if not actor.edges:
-            del self._actors[actor.actor_id]
+            del self._actors[actor_id]

@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import networkx as nx
 import orjson
-from aiokafka.partitioner import DefaultPartitioner
 from faust.web import View
 
 from graph import snapshot
@@ -22,6 +21,7 @@ from graph.lifecycle import ACTIONS, AlertBook, LifecycleError, UnknownAlert
 from graph.rules import format_time
 from graph.window import RollingGraph
 from streams.journal import IntakeJournal
+from streams.kafka import actor_partition
 from streams.keys import KeyRing, Principal
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -325,8 +325,7 @@ class Api:
 
     async def _forward_to_owner(self, request: Any, actor_id: str) -> tuple[Any, int] | None:
         """None when this worker owns the actor's partition; else the owner's answer."""
-        partitions = list(range(self.settings.partitions))
-        partition = DefaultPartitioner()(actor_id.encode(), partitions, partitions)
+        partition = actor_partition(actor_id, self.settings.partitions)
         if partition in self.owned():
             return None
         owner = self.directory.owner(partition)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import faust
 import orjson
+from mode import CrashingSupervisor
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agents.graph import GraphStage, make_graph_agent
@@ -28,7 +30,8 @@ from streams.transport import LinkwatchApp
 
 __all__ = ["build_app"]
 
-ANNOUNCE_EVERY = 3.0  # seconds between a worker's announcements on the workers topic
+ANNOUNCE_EVERY = 3.0
+MAX_POLL_RECORDS = 2000  # seconds between a worker's announcements on the workers topic
 
 # Faust's defaults (30 s joins, 110 s restarts after a kill) are made for big clusters;
 # these give 5-6 s joins here and are still safe on Apache Kafka.
@@ -65,6 +68,12 @@ def build_app(
         broker_rebalance_timeout=SESSION_TIMEOUT,
         stream_recovery_delay=0.0,
         producer_acks=-1,
+        # Each fetched batch is one event (streams/transport.py): a few in flight per agent
+        # are plenty, and a small buffer is what makes backpressure reach the fetcher.
+        broker_max_poll_records=MAX_POLL_RECORDS,
+        stream_buffer_maxsize=16,
+        producer_max_batch_size=1024 * 1024,
+        producer_linger_ms=5,
     )
     metrics = Metrics()
 
@@ -77,9 +86,13 @@ def build_app(
     }
     resolve = ResolveStage(settings, metrics, send)
     graph = GraphStage(settings, metrics, send)
-    app.agent(topics[settings.reports_topic], name="intake")(make_intake(settings, metrics, send))
-    app.agent(topics[settings.identity_topic], name="resolve")(make_resolve_agent(resolve))
-    app.agent(topics[settings.actor_reports_topic], name="graph")(make_graph_agent(graph))
+    # An agent that fails stops the worker: its batch was not acked, so a restart resumes
+    # from the committed offsets and loses nothing. (Faust's default restarts the agent
+    # alone, past the failed batch, and the commit then stalls behind it.)
+    agent = partial(app.agent, supervisor_strategy=CrashingSupervisor)
+    agent(topics[settings.reports_topic], name="intake")(make_intake(settings, metrics, send))
+    agent(topics[settings.identity_topic], name="resolve")(make_resolve_agent(resolve))
+    agent(topics[settings.actor_reports_topic], name="graph")(make_graph_agent(graph))
     stateful = (resolve.partitions, graph.partitions)
 
     # Faust signals call receivers as (sender, *args, signal=..., **kwargs).
@@ -135,7 +148,7 @@ def build_app(
     app.timer(3600.0)(prune_journal)
 
     if settings.webhooks:
-        app.agent(topics[settings.alerts_topic], name="webhooks")(make_webhooks(settings, metrics))
+        agent(topics[settings.alerts_topic], name="webhooks")(make_webhooks(settings, metrics))
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

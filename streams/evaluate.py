@@ -187,7 +187,7 @@ def evaluate_with_broker(out: Path, settings: Settings, workdir: Path) -> dict[s
         subprocess.run([*cli, "push", str(out / "reports.jsonl")], env=env, check=True,
                        capture_output=True)  # fmt: skip
         valid = truth["lines"] - truth["malformed_lines"]
-        processed = _wait_for(settings, settings.identity_topic, valid, timeout=900)
+        processed = _resolved(settings, valid, timeout=900)
         alerts = _settled_alerts(settings, cli, env)
         rejected = len(_read_all(settings, settings.rejected_topic))
     finally:
@@ -196,14 +196,19 @@ def evaluate_with_broker(out: Path, settings: Settings, workdir: Path) -> dict[s
     return score(truth, alerts, processed, rejected, settings)
 
 
-def _wait_for(settings: Settings, topic: str, count: int, timeout: float) -> list[bytes]:
+def _resolved(settings: Settings, count: int, timeout: float) -> list[bytes]:
+    """The valid reports in the order the resolver saw them: the identity topic, unpacked."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        values = _read_all(settings, topic)
-        if len(values) >= count:
-            return values
+        reports = [
+            orjson.dumps(document)
+            for pack in _read_all(settings, settings.identity_topic)
+            for document in orjson.loads(pack)
+        ]
+        if len(reports) >= count:
+            return reports
         time.sleep(1)
-    raise TimeoutError(f"only {len(values)} of {count} messages reached {topic}")
+    raise TimeoutError(f"only {len(reports)} of {count} reports reached the resolver")
 
 
 def _settled_alerts(

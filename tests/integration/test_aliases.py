@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from aiokafka.partitioner import DefaultPartitioner
 
 from graph.identity import actor_id_for
 from tests.factories import encode, make_report
-from tests.integration.conftest import Deployment
+from tests.integration.conftest import Deployment, Worker
 
 
 def partition_of(deployment: Deployment, account: str) -> int:
@@ -25,6 +26,13 @@ def accounts_on_distinct_partitions(deployment: Deployment, count: int) -> list[
         if len(chosen) == count:
             return list(chosen.values())
     raise AssertionError("could not spread accounts over partitions")
+
+
+def wait_for_metric(worker: Worker, line: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in worker.metrics():
+        assert time.monotonic() < deadline, f"{line} never appeared"
+        time.sleep(0.2)
 
 
 def test_a_bridging_report_merges_actors_from_other_partitions_and_survives_a_kill(
@@ -47,6 +55,9 @@ def test_a_bridging_report_merges_actors_from_other_partitions_and_survives_a_ki
         ],
         name="apart.jsonl",
     )
+    # Both are separate actors before the bridge arrives (else there is nothing to merge).
+    worker.wait_owning(deployment.settings.partitions)
+    wait_for_metric(worker, 'linkwatch_reports_total{outcome="accepted"} 2.0')
     # `second` shares a phone with `first` and an email with `third`: one actor, three regions.
     deployment.push(
         [

@@ -179,10 +179,23 @@ def test_snapshots_in_every_format_read_back_equal_to_the_live_graph(
     ]  # fmt: skip
     deployment.push(messages)
     alerts = deployment.wait_for_alerts(2)
-    # The graph the worker holds, rebuilt in-process from the same reports.
+    # The alerts can come before the other reports are applied (another partition).
+    deadline = time.monotonic() + 60
+    while (
+        f'linkwatch_reports_total{{outcome="accepted"}} {len(messages)}.0' not in worker.metrics()
+    ):
+        assert time.monotonic() < deadline, worker.metrics()
+        time.sleep(0.2)
+    # The graph the worker holds, rebuilt in-process from the same reports in the order its
+    # resolver saw them (the identity topic; packed, several reports a message).
+    order = [
+        orjson.dumps(document)
+        for record in deployment.read(deployment.settings.identity_topic)
+        for document in orjson.loads(record.value)
+    ]
     live = Pipeline(deployment.settings.secret_bytes, deployment.settings.window_seconds,
                     deployment.settings.rule())  # fmt: skip
-    live.feed(messages, now=0.0)
+    live.feed(order, now=0.0)
     levels = {alerts[0]["actor_id"]: max(a["level"] for a in alerts)}
     expected = to_networkx([live.partitions[0].graph], levels)
     analyst = keys["analyst"]

@@ -118,3 +118,13 @@ def test_the_hash_of_an_empty_string_never_links_anyone() -> None:
     assert len(first.hubs) == 1
     assert resolver.resolve(report("b", email_hash=empty)).actor_id == actor("b")
     assert resolver.resolve(report("c", phone_hash="NULL")).actor_id == actor("c")
+
+
+def test_a_new_account_bridging_two_actors_merges_them() -> None:
+    resolver = AliasResolver(SECRET)
+    resolver.resolve(report("a", phone_hash="p1"))
+    resolver.resolve(report("c", email_hash="e9"))
+    bridge = resolver.resolve(report("new", phone_hash="p1", email_hash="e9"))
+    # The new account itself needs no merge record; the two existing actors do.
+    assert bridge.merges == (Merge(absorbed=actor("c"), into=actor("a")),)
+    assert bridge.actor_id == actor("a")
