@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from agents.replay import Message, PartitionedState, Send, packs
+from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send, packs
 from graph.records import InvalidRecord, PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import actor_partition, read_partitions
@@ -29,9 +29,6 @@ from streams.settings import Settings
 __all__ = ["GraphStage", "make_graph_agent"]
 
 log = logging.getLogger(__name__)
-
-BATCH_SIZE = 8  # fetched batches taken together
-BATCH_WITHIN = 0.01
 
 
 class GraphStage:
@@ -119,7 +116,7 @@ def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:
     """The agent body for the actor-reports topic."""
 
     async def graph_agent(stream: Any) -> None:
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
+        async for events in stream.take_events(TAKE, within=WITHIN):
             deliveries: list[Any] = []
             now = time.time()
             for event in events:

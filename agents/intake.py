@@ -9,15 +9,12 @@ from typing import Any
 
 import orjson
 
-from agents.replay import Send, packs
+from agents.replay import TAKE, WITHIN, Send, packs
 from graph.contract import Rejection, parse_report
 from streams.metrics import Metrics
 from streams.settings import Settings
 
 __all__ = ["make_intake"]
-
-EVENTS = 8  # fetched batches taken together (each is up to broker_max_poll_records)
-WITHIN = 0.01
 
 
 def make_intake(
@@ -26,30 +23,26 @@ def make_intake(
     """The agent body for the reports topic."""
 
     async def intake(stream: Any) -> None:
-        async for events in stream.take_events(EVENTS, within=WITHIN):
+        async for events in stream.take_events(TAKE, within=WITHIN):
             documents: list[dict[str, Any]] = []
             deliveries = []
-            oldest = None
             for event in events:
-                for record in event.message.value:
-                    raw = record.value or b""
-                    report = parse_report(raw)
+                for record in event.message.value:  # a fetched batch (streams/transport.py)
+                    report = parse_report(record.value or b"")
                     if isinstance(report, Rejection):
                         metrics.reject(report.reason)
                         deliveries.append(await send(*_rejection(settings, record, report)))
                         continue
-                    documents.append(report.to_document())
-                    if record.timestamp is not None:
-                        oldest = min(oldest or record.timestamp, record.timestamp)
+                    document = report.to_document()
+                    document["_p"] = record.partition  # its input partition: the watermark's
+                    documents.append(document)
             # Packed: the resolver's one partition sees them in this order.
-            timestamp = oldest / 1000.0 if oldest is not None else None
+            timestamp = events[0].message.timestamp if events else None
             for pack in packs(documents):
                 deliveries.append(
                     await send(settings.identity_topic, None, orjson.dumps(pack), 0, timestamp,
                                None)
                 )  # fmt: skip
-            # The batch is acked (and later committed) only once Kafka has everything it
-            # produced: a crash before this line replays it.
             await asyncio.gather(*deliveries)
 
     return intake

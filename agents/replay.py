@@ -20,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from streams.kafka import read_partitions
 
-__all__ = ["PACK", "Message", "PartitionedState", "Send", "packs"]
+__all__ = ["PACK", "TAKE", "WITHIN", "Message", "PartitionedState", "Send", "packs"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ Send = Callable[..., Awaitable[Awaitable[Any]]]
 
 # Records per message on the internal topics: a few hundred KB, well under Kafka's 1 MB.
 PACK = 500
+# Each agent takes up to TAKE fetched batches (Faust events) at a time, waiting at most
+# WITHIN seconds for more: enough to amortise producing, short enough for latency.
+TAKE = 8
+WITHIN = 0.01
 
 
 def packs(items: list[Any]) -> list[list[Any]]:

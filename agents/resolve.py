@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from agents.replay import Message, PartitionedState, Send, packs
+from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send, packs
 from graph.aliases import AliasResolver
 from graph.contract import Report
 from graph.records import resolution_records
+from graph.watermark import LowWatermark
 from streams.kafka import actor_partition
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -27,8 +29,13 @@ __all__ = ["ResolveStage", "make_resolve_agent"]
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 8  # fetched batches taken together
-BATCH_WITHIN = 0.01
+
+@dataclass(slots=True)
+class _Resolving:
+    """The resolver's state: which account is whose, and how far the stream has got."""
+
+    resolver: AliasResolver
+    watermark: LowWatermark
 
 
 class ResolveStage:
@@ -36,20 +43,21 @@ class ResolveStage:
         self.settings = settings
         self.metrics = metrics
         self.send = send
-        self.partitions: PartitionedState[AliasResolver] = PartitionedState(
+        self.partitions: PartitionedState[_Resolving] = PartitionedState(
             settings.bootstrap, settings.identity_topic, self._create, self._apply
         )
 
-    async def _create(self, partition: int) -> AliasResolver:
-        return AliasResolver(
-            self.settings.secret_bytes,
-            self.settings.max_accounts_per_signal,
-            self.settings.link_by_text,
+    async def _create(self, partition: int) -> _Resolving:
+        settings = self.settings
+        resolver = AliasResolver(
+            settings.secret_bytes, settings.max_accounts_per_signal, settings.link_by_text
         )
+        return _Resolving(resolver, LowWatermark(settings.partitions))
 
     async def _apply(
-        self, partition: int, resolver: AliasResolver, message: Message, replaying: bool
+        self, partition: int, state: _Resolving, message: Message, replaying: bool
     ) -> list[Any]:
+        resolver = state.resolver
         try:
             documents = orjson.loads(message.value or b"")
             reports = [(document, Report.from_canonical(document)) for document in documents]
@@ -61,7 +69,8 @@ class ResolveStage:
         by_partition: dict[int, list[list[Any]]] = {}
         deliveries = []
         for document, report in reports:
-            resolution = resolver.resolve(report)
+            stamp = state.watermark.observe(int(document.get("_p", 0)), report.event_time)
+            resolution = resolver.resolve(report, stamp)
             if replaying:
                 continue
             for hub in resolution.hubs:
@@ -91,7 +100,7 @@ def make_resolve_agent(stage: ResolveStage) -> Callable[[Any], Awaitable[None]]:
     """The agent body for the identity topic."""
 
     async def resolve_agent(stream: Any) -> None:
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN):
+        async for events in stream.take_events(TAKE, within=WITHIN):
             deliveries: list[Any] = []
             for event in events:
                 for record in event.message.value:

@@ -142,8 +142,10 @@ class AliasResolver:
     def actor_of(self, account: str) -> str:
         return self._actor_ids[self._find(account)]
 
-    def resolve(self, report: Report) -> Resolution:
-        self.watermark = max(self.watermark, report.event_time)
+    def resolve(self, report: Report, watermark: float | None = None) -> Resolution:
+        """Link one report's account. `watermark` is the stream's (graph/watermark.py);
+        without one, the newest event time resolved so far stands in for it."""
+        self.watermark = max(self.watermark, report.event_time if watermark is None else watermark)
         account = report.offender_key
         new = account not in self._parent
         if new:

@@ -48,7 +48,11 @@ class Pipeline:
             PartitionGraph(RollingGraph(window_seconds, rule)) for _ in range(partitions)
         ]
 
-    def feed(self, messages: Iterable[bytes], now: float | None = None) -> Run:
+    def feed(
+        self, messages: Iterable[bytes], now: float | None = None, watermark: float | None = None
+    ) -> Run:
+        """Run messages through; `watermark` is for callers that replay a stream whose
+        watermark they know (the evaluation's ideal detector); by default it is derived."""
         run = Run()
         for raw in messages:
             moment = time.time() if now is None else now
@@ -57,7 +61,7 @@ class Pipeline:
                 run.rejections.append(report)
                 run.outcomes["rejected"] += 1
                 continue
-            resolution = self.resolver.resolve(report)
+            resolution = self.resolver.resolve(report, watermark)
             run.hubs.extend(resolution.hubs)
             # The actor-reports topic, as a queue: records and the absorbs they cause.
             queue = deque(resolution_records(resolution, report.to_document()))

@@ -19,6 +19,7 @@ deterministic for a given order, so replaying a partition rebuilds it, holds inc
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -169,8 +170,13 @@ class PartitionGraph:
 
 
 def _stamp(record: Record) -> float | None:
-    stamp = record.get("watermark")
-    return None if stamp is None else float(stamp)
+    """The record's watermark; JSON has no -Infinity (orjson writes null), and a stream
+    whose partitions have not all reported yet has no watermark: that is -inf, not None
+    (None means "no stamp at all", for a RollingGraph used on its own)."""
+    if "watermark" not in record:
+        return None
+    stamp = record["watermark"]
+    return -math.inf if stamp is None else float(stamp)
 
 
 def _empty_state(actor_id: str) -> dict[str, Any]:

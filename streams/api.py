@@ -44,6 +44,8 @@ READ_ACTORS = frozenset({"responder", "analyst", "admin"})
 SNAPSHOTS = frozenset({"analyst", "admin"})
 
 Send = Callable[..., Awaitable[Awaitable[Any]]]
+# An endpoint: (request, caller, **path parameters) -> (body, status)
+Handler = Callable[..., Awaitable[tuple[Any, int]]]
 
 
 class ApiError(Exception):
@@ -104,10 +106,10 @@ class Api:
 
     def handler(
         self, roles: frozenset[str], action: str
-    ) -> Callable[[Callable[..., Awaitable[tuple[Any, int]]]], Callable[..., Awaitable[Any]]]:
+    ) -> Callable[[Handler], Callable[..., Awaitable[Any]]]:
         """Wrap a view method: authenticate, call, audit, and turn ApiError into JSON."""
 
-        def decorate(method: Callable[..., Awaitable[tuple[Any, int]]]) -> Callable[..., Any]:
+        def decorate(method: Handler) -> Callable[..., Any]:
             async def run(view: View, request: Any, **kwargs: Any) -> Any:
                 who: Principal | None = None
                 try:
@@ -366,37 +368,23 @@ class Api:
                 return {"key_id": who.key_id, "name": who.name, "role": who.role,
                         "platform": who.platform}, 200  # fmt: skip
 
-        @app.page("/v1/reports")
-        class Reports(View):
-            post = api.handler(INTAKE, "reports")(api.post_reports)
-
-        @app.page("/v1/alerts")
-        class Alerts(View):
-            get = api.handler(READ_ALERTS, "alerts")(api.get_alerts)
-
-        @app.page("/v1/alerts/{alert_id}")
-        class AlertDetail(View):
-            get = api.handler(READ_ALERTS, "alert")(api.get_alert)
-
-        @app.page("/v1/alerts/{alert_id}/{action}")
-        class AlertAction(View):
-            post = api.handler(ACT_ON_ALERTS, "alert-action")(api.act_on_alert)
-
-        @app.page("/v1/actors/{actor_id}")
-        class ActorDetail(View):
-            get = api.handler(READ_ACTORS, "actor")(api.get_actor)
-
-        @app.page("/v1/actors/{actor_id}/graph")
-        class ActorGraph(View):
-            get = api.handler(READ_ACTORS, "actor-graph")(api.get_actor_graph)
-
-        @app.page("/v1/graph/snapshot")
-        class Snapshot(View):
-            get = api.handler(SNAPSHOTS, "snapshot")(api.get_snapshot)
-
-        @app.page("/v1/internal/graph")
-        class LocalPart(View):
-            get = api.handler(READ_ACTORS, "internal-graph")(api.get_local_part)
+        # path, HTTP method, roles allowed, the action's name in metrics and the audit, handler
+        routes: list[tuple[str, str, frozenset[str], str, Handler]] = [
+            ("/v1/reports", "post", INTAKE, "reports", self.post_reports),
+            ("/v1/alerts", "get", READ_ALERTS, "alerts", self.get_alerts),
+            ("/v1/alerts/{alert_id}", "get", READ_ALERTS, "alert", self.get_alert),
+            ("/v1/alerts/{alert_id}/{action}", "post", ACT_ON_ALERTS, "alert-action",
+             self.act_on_alert),
+            ("/v1/actors/{actor_id}", "get", READ_ACTORS, "actor", self.get_actor),
+            ("/v1/actors/{actor_id}/graph", "get", READ_ACTORS, "actor-graph",
+             self.get_actor_graph),
+            ("/v1/graph/snapshot", "get", SNAPSHOTS, "snapshot", self.get_snapshot),
+            ("/v1/internal/graph", "get", READ_ACTORS, "internal-graph", self.get_local_part),
+        ]  # fmt: skip
+        for path, method, roles, action, handler in routes:
+            view = type(f"{action.title().replace('-', '')}View", (View,),
+                        {method: self.handler(roles, action)(handler)})  # fmt: skip
+            app.page(path)(view)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from streams.transport import LinkwatchApp
 __all__ = ["build_app"]
 
 ANNOUNCE_EVERY = 3.0
-MAX_POLL_RECORDS = 2000  # seconds between a worker's announcements on the workers topic
+MAX_POLL_RECORDS = 2000
 
 # Faust's defaults (30 s joins, 110 s restarts after a kill) are made for big clusters;
 # these give 5-6 s joins here and are still safe on Apache Kafka.

@@ -31,6 +31,7 @@ import orjson
 
 from graph.contract import Report, parse_report
 from graph.pipeline import Pipeline
+from graph.watermark import LowWatermark
 from streams.broker import EmbeddedBroker
 from streams.kafka import create_topics, read_partitions
 from streams.settings import Settings
@@ -112,11 +113,11 @@ def _delays(
     # the window is judged against the newest event anywhere, for the ideal detector too.
     by_person: dict[str, list[tuple[str, bytes, float]]] = {}
     seen: set[str] = set()
-    watermark = float("-inf")
+    stream = LowWatermark(settings.partitions)  # the resolver's own, over the same order
     for raw in processed:
         report = parse_report(raw)
         assert isinstance(report, Report)
-        watermark = max(watermark, report.event_time)
+        watermark = stream.observe(int(orjson.loads(raw).get("_p", 0)), report.event_time)
         key = f"{report.platform}:{report.report_id}"
         if key not in seen:  # a redelivered duplicate is not a new report
             seen.add(key)
@@ -133,8 +134,8 @@ def _delays(
         )
         completing = len(reports) - 1
         for position, (_, raw, stream_watermark) in enumerate(reports):
-            ideal.resolver.watermark = max(ideal.resolver.watermark, stream_watermark)
-            raised = [a for a in ideal.feed([raw], now=0.0).alerts if a.kind == "serial"]
+            fed = ideal.feed([raw], now=0.0, watermark=stream_watermark)
+            raised = [a for a in fed.alerts if a.kind == "serial"]
             if raised:
                 completing = position
                 alert = by_id.get(raised[0].alert_id, alert)

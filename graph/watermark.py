@@ -1,0 +1,49 @@
+"""The event-time watermark: how far the whole stream has got, judged by its slowest part.
+
+Reports reach the resolver from several input partitions, and Kafka hands a consumer a
+whole backlog of one partition at a time. Judged against the newest event from any of them,
+one partition racing ahead would make the others' reports look too old. This was measured:
+the resolver saw reports a median of 260 days behind the newest, and recall fell to 0.94.
+So the watermark is the minimum, over the input partitions still sending, of the newest
+event time each has sent.
+
+Every input partition counts from the start: one that has sent nothing yet holds the
+watermark back, or a backlog of partition 0 read first would carry it years ahead of the
+others. A partition counts as still sending while it has sent one of the last
+`active_within` reports, and a silent one stops holding the watermark after that many.
+Idleness is judged by traffic, not wall-clock time, so the watermark is a function of the
+resolver's input order alone, and replay reproduces it. It never goes back.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["LowWatermark"]
+
+
+class LowWatermark:
+    def __init__(self, sources: int = 1, active_within: int = 10_000) -> None:
+        if sources < 1 or active_within < 1:
+            raise ValueError("sources and active_within must be at least 1")
+        self.active_within = active_within
+        self.value = -math.inf
+        # input partition -> newest event time it has sent, and when it last sent one
+        self._newest: dict[int, float] = dict.fromkeys(range(sources), -math.inf)
+        self._last_seen: dict[int, int] = dict.fromkeys(range(sources), 0)
+        self._sequence = 0
+
+    def observe(self, source: int, event_time: float) -> float:
+        """Count one report from input partition `source`; returns the watermark."""
+        self._sequence += 1
+        self._last_seen[source] = self._sequence
+        if event_time > self._newest.get(source, -math.inf):
+            self._newest[source] = event_time
+        horizon = self._sequence - self.active_within
+        low = min(
+            newest
+            for partition, newest in self._newest.items()
+            if self._last_seen[partition] > horizon or self._sequence <= self.active_within
+        )
+        self.value = max(self.value, low)
+        return self.value

@@ -1,0 +1,32 @@
+"""The low watermark: the slowest input partition sets it, so a backlog cannot run ahead."""
+
+from __future__ import annotations
+
+import math
+
+from graph.watermark import LowWatermark
+
+DAY = 86400.0
+
+
+def test_a_partition_read_first_cannot_carry_the_watermark_past_the_others() -> None:
+    watermark = LowWatermark(sources=2, active_within=100)
+    # Partition 0's whole backlog first: two years of reports.
+    for day in range(0, 730, 10):
+        assert watermark.observe(0, day * DAY) == -math.inf  # partition 1 has sent nothing
+    assert watermark.observe(1, 5 * DAY) == 5 * DAY
+    assert watermark.observe(1, 400 * DAY) == 400 * DAY
+    assert watermark.observe(1, 300 * DAY) == 400 * DAY  # it never goes back
+
+
+def test_a_silent_partition_stops_holding_it_back_after_enough_traffic() -> None:
+    watermark = LowWatermark(sources=2, active_within=10)
+    for i in range(10):
+        watermark.observe(0, i * DAY)
+    assert watermark.value == -math.inf
+    assert watermark.observe(0, 10 * DAY) == 10 * DAY  # partition 1 is idle by now
+
+
+def test_one_source_is_the_newest_event_seen() -> None:
+    watermark = LowWatermark()
+    assert [watermark.observe(0, t) for t in (5.0, 3.0, 9.0)] == [5.0, 5.0, 9.0]
