@@ -15,6 +15,7 @@ import networkx as nx
 import orjson
 from faust.web import View
 
+from agents.replay import Send
 from graph import snapshot
 from graph.contract import Rejection, partition_key, report_from_document
 from graph.lifecycle import ACTIONS, AlertBook, LifecycleError, UnknownAlert
@@ -43,7 +44,6 @@ ACT_ON_ALERTS = frozenset({"responder", "admin"})
 READ_ACTORS = frozenset({"responder", "analyst", "admin"})
 SNAPSHOTS = frozenset({"analyst", "admin"})
 
-Send = Callable[..., Awaitable[Awaitable[Any]]]
 # An endpoint: (request, caller, **path parameters) -> (body, status)
 Handler = Callable[..., Awaitable[tuple[Any, int]]]
 
