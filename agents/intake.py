@@ -24,7 +24,7 @@ def make_intake(
 
     async def intake(stream: Any) -> None:
         async for events in stream.take_events(TAKE, within=WITHIN):
-            documents: list[dict[str, Any]] = []
+            rows: list[list[Any]] = []
             deliveries = []
             for event in events:
                 for record in event.message.value:  # a fetched batch (streams/transport.py)
@@ -33,12 +33,12 @@ def make_intake(
                         metrics.reject(report.reason)
                         deliveries.append(await send(*_rejection(settings, record, report)))
                         continue
-                    document = report.to_document()
-                    document["_p"] = record.partition  # its input partition: the watermark's
-                    documents.append(document)
+                    row = report.to_row()
+                    row.append(record.partition)  # its input partition: for the watermark
+                    rows.append(row)
             # Packed: the resolver's one partition sees them in this order.
             timestamp = events[0].message.timestamp if events else None
-            for pack in packs(documents):
+            for pack in packs(rows):
                 deliveries.append(
                     await send(settings.identity_topic, None, orjson.dumps(pack), 0, timestamp,
                                None)

@@ -59,17 +59,17 @@ class ResolveStage:
     ) -> list[Any]:
         resolver = state.resolver
         try:
-            documents = orjson.loads(message.value or b"")
-            reports = [(document, Report.from_canonical(document)) for document in documents]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            rows = orjson.loads(message.value or b"")
+            reports = [(row, Report.from_row(row)) for row in rows]
+        except (orjson.JSONDecodeError, TypeError, ValueError):
             log.error("skipped an unreadable batch on %s", self.settings.identity_topic)
             self.metrics.internal_errors.inc()
             return []
         settings, send = self.settings, self.send
         by_partition: dict[int, list[list[Any]]] = {}
         deliveries = []
-        for document, report in reports:
-            stamp = state.watermark.observe(int(document.get("_p", 0)), report.event_time)
+        for row, report in reports:
+            stamp = state.watermark.observe(row[10] if len(row) > 10 else 0, report.event_time)
             resolution = resolver.resolve(report, stamp)
             if replaying:
                 continue
@@ -81,7 +81,7 @@ class ResolveStage:
                 deliveries.append(
                     await send(settings.hubs_topic, None, orjson.dumps(value), None, None, None)
                 )
-            for key, record in resolution_records(resolution, document):
+            for key, record in resolution_records(resolution, row[:10]):
                 target = actor_partition(key, settings.partitions)
                 by_partition.setdefault(target, []).append([key, record])
         self.metrics.accounts.set(resolver.accounts)

@@ -99,7 +99,7 @@ class Hub:
     accounts: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per report: not frozen, whose __init__ costs 3x (see Report)
 class Resolution:
     actor_id: str
     links: tuple[Link, ...] = ()

@@ -64,7 +64,7 @@ class Pipeline:
             resolution = self.resolver.resolve(report, watermark)
             run.hubs.extend(resolution.hubs)
             # The actor-reports topic, as a queue: records and the absorbs they cause.
-            queue = deque(resolution_records(resolution, report.to_document()))
+            queue = deque(resolution_records(resolution, report.to_row()))
             while queue:
                 key, record = queue.popleft()
                 partition = self.partitions[partition_of(key, len(self.partitions))]

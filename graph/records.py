@@ -39,10 +39,9 @@ class InvalidRecord(ValueError):
     """A record on the internal topic that linkwatch did not write (a bug, never user input)."""
 
 
-def resolution_records(
-    resolution: Resolution, document: dict[str, Any]
-) -> list[tuple[str, Record]]:
-    """The records one resolved report becomes, each with the actor id it is keyed by."""
+def resolution_records(resolution: Resolution, row: list[Any]) -> list[tuple[str, Record]]:
+    """The records one resolved report (`Report.to_row`) becomes, each with the actor id it
+    is keyed by."""
     stamp = resolution.watermark
     records: list[tuple[str, Record]] = []
     for merge in resolution.merges:
@@ -50,7 +49,7 @@ def resolution_records(
         records.append((merge.absorbed, merge_record | {"watermark": stamp}))
         records.append((merge.into, {"kind": "await", "from": merge.absorbed, "watermark": stamp}))
     links = [link.to_dict() for link in resolution.links]
-    report_record = {"kind": "report", "report": document, "links": links, "watermark": stamp}
+    report_record = {"kind": "report", "report": row, "links": links, "watermark": stamp}
     records.append((resolution.actor_id, report_record))
     return records
 
@@ -149,9 +148,9 @@ class PartitionGraph:
         if record["kind"] == "merge":
             return self._merge(record)
         try:
-            report = Report.from_canonical(record["report"])
+            report = Report.from_row(record["report"])
         except (KeyError, TypeError, ValueError) as error:
-            raise InvalidRecord(f"not a canonical report: {type(error).__name__}") from None
+            raise InvalidRecord(f"not a report row: {type(error).__name__}") from None
         links = [Link.from_dict(link) for link in record.get("links", ())]
         applied = self.graph.apply(actor, report, now, links, _stamp(record))
         return Handled([applied.outcome], list(applied.alerts))
@@ -184,5 +183,5 @@ def _empty_state(actor_id: str) -> dict[str, Any]:
 
 
 def partition_of(key: str, partitions: int) -> int:
-    """In-process stand-in for Kafka's key partitioning (any stable function will do)."""
+    """The partition of an actor id: stable across processes and machines (CRC-32)."""
     return zlib.crc32(key.encode()) % partitions

@@ -32,6 +32,7 @@ class LowWatermark:
         self._newest: dict[int, float] = dict.fromkeys(range(sources), -math.inf)
         self._last_seen: dict[int, int] = dict.fromkeys(range(sources), 0)
         self._sequence = 0
+        self._settled_until = 0
 
     def observe(self, source: int, event_time: float) -> float:
         """Count one report from input partition `source`; returns the watermark."""
@@ -39,11 +40,21 @@ class LowWatermark:
         self._last_seen[source] = self._sequence
         if event_time > self._newest.get(source, -math.inf):
             self._newest[source] = event_time
+        elif self._sequence < self._settled_until:
+            # Nothing the minimum depends on moved: no partition's newest time rose, and
+            # no partition can have fallen idle yet (they are judged by traffic).
+            return self.value
         horizon = self._sequence - self.active_within
-        low = min(
-            newest
-            for partition, newest in self._newest.items()
-            if self._last_seen[partition] > horizon or self._sequence <= self.active_within
+        warming = self._sequence <= self.active_within
+        active = [
+            partition for partition, seen in self._last_seen.items() if seen > horizon or warming
+        ]
+        low = min(self._newest[partition] for partition in active)
+        # The first sequence number at which an active partition could fall idle.
+        self._settled_until = (
+            self.active_within + 1
+            if warming
+            else min(self._last_seen[partition] for partition in active) + self.active_within
         )
         self.value = max(self.value, low)
         return self.value

@@ -275,7 +275,7 @@ class Actor:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per report: not frozen, whose __init__ costs 3x (see Report)
 class Applied:
     outcome: Outcome
     alerts: tuple[Alert, ...] = ()

@@ -202,9 +202,9 @@ def _resolved(settings: Settings, count: int, timeout: float) -> list[bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         reports = [
-            orjson.dumps(document)
+            orjson.dumps(Report.from_row(row).to_document() | {"_p": row[10]})
             for pack in _read_all(settings, settings.identity_topic)
-            for document in orjson.loads(pack)
+            for row in orjson.loads(pack)
         ]
         if len(reports) >= count:
             return reports

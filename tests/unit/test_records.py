@@ -44,7 +44,7 @@ def distributed(
         if not isinstance(report, Report):
             continue
         resolution = resolver.resolve(report)
-        for key, record in resolution_records(resolution, report.to_document()):
+        for key, record in resolution_records(resolution, report.to_row()):
             queues[partition_of(key, partitions)].append((key, record))
         while any(queues) and rng.random() < 0.3:
             step()
@@ -74,7 +74,7 @@ def test_records_for_an_actor_wait_for_the_absorb_they_follow() -> None:
     )
     assert isinstance(report, Report)
     graph.handle("X", {"kind": "await", "from": "Y"}, 0.0)
-    held = graph.handle("X", {"kind": "report", "report": report.to_document()}, 0.0)
+    held = graph.handle("X", {"kind": "report", "report": report.to_row()}, 0.0)
     assert held.outcomes == [] and graph.held_records == 2
     empty = {"actor_id": "Y", "edges": [], "links": [], "openers": {}, "merged": []}
     released = graph.handle("X", {"kind": "absorb", "into": "X", "from": "Y", "state": empty}, 0.0)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
+
+import pytest
 
 from graph.watermark import LowWatermark
 
@@ -30,3 +33,33 @@ def test_a_silent_partition_stops_holding_it_back_after_enough_traffic() -> None
 def test_one_source_is_the_newest_event_seen() -> None:
     watermark = LowWatermark()
     assert [watermark.observe(0, t) for t in (5.0, 3.0, 9.0)] == [5.0, 5.0, 9.0]
+
+
+def _reference(sources: int, active_within: int, events: list[tuple[int, float]]) -> list[float]:
+    """The definition, recomputed from scratch for every report."""
+    newest = dict.fromkeys(range(sources), -math.inf)
+    last_seen = dict.fromkeys(range(sources), 0)
+    value, out = -math.inf, []
+    for sequence, (source, moment) in enumerate(events, start=1):
+        last_seen[source] = sequence
+        newest[source] = max(newest[source], moment)
+        active = [p for p in newest if last_seen[p] > sequence - active_within]
+        if sequence <= active_within:
+            active = list(newest)
+        value = max(value, min(newest[p] for p in active))
+        out.append(value)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_incremental_watermark_matches_its_definition(seed: int) -> None:
+    rng = random.Random(seed)
+    sources, active_within = rng.randint(1, 5), rng.randint(1, 30)
+    # Bursts from one partition at a time, some partitions silent for long stretches.
+    events = []
+    for _ in range(60):
+        source = rng.randrange(sources)
+        events += [(source, rng.uniform(0, 1000)) for _ in range(rng.randint(1, 40))]
+    watermark = LowWatermark(sources, active_within)
+    got = [watermark.observe(source, moment) for source, moment in events]
+    assert got == _reference(sources, active_within, events)
