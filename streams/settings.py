@@ -28,6 +28,11 @@ class Settings:
     web_host: str = "127.0.0.1"
     data_dir: Path = Path(".linkwatch")
     partitions: int = 4
+    # Copies of each topic linkwatch creates, and the copies a write with acks=all needs
+    # (None leaves the broker's default). One broker (Tansu, tests) takes only 1; production
+    # on Apache Kafka sets 3 and 2, so one broker can be lost without losing a write.
+    replication_factor: int = 1
+    min_insync_replicas: int | None = None
     min_regions: int = 3
     window_days: float = 365.0
     # Topic names are `{namespace}.reports` and so on; the consumer group is the namespace.
@@ -46,6 +51,16 @@ class Settings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise SettingsError("LINKWATCH_PARTITIONS must be at least 1")
+        if self.replication_factor < 1:
+            raise SettingsError("LINKWATCH_REPLICATION_FACTOR must be at least 1")
+        if self.min_insync_replicas is not None:
+            if self.min_insync_replicas < 1:
+                raise SettingsError("LINKWATCH_MIN_INSYNC_REPLICAS must be at least 1")
+            if self.min_insync_replicas > self.replication_factor:
+                raise SettingsError(
+                    "LINKWATCH_MIN_INSYNC_REPLICAS must not exceed LINKWATCH_REPLICATION_FACTOR "
+                    "(no write could ever be acknowledged)"
+                )
         if self.min_regions < 2:
             raise SettingsError("LINKWATCH_MIN_REGIONS must be at least 2")
         if self.window_days <= 0:
@@ -180,6 +195,8 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "web_host": ("LINKWATCH_WEB_HOST", str),
     "data_dir": ("LINKWATCH_DATA_DIR", Path),
     "partitions": ("LINKWATCH_PARTITIONS", int),
+    "replication_factor": ("LINKWATCH_REPLICATION_FACTOR", int),
+    "min_insync_replicas": ("LINKWATCH_MIN_INSYNC_REPLICAS", int),
     "min_regions": ("LINKWATCH_MIN_REGIONS", int),
     "window_days": ("LINKWATCH_WINDOW_DAYS", float),
     "namespace": ("LINKWATCH_NAMESPACE", str),
