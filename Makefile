@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test unit integration lint typecheck bench bench-quick eval clean
+.PHONY: install browser deploy-tools run test unit integration lint typecheck deploy-check bench bench-quick eval clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/linkwatch run --demo
 
-test: install browser lint typecheck
+test: install browser deploy-tools lint typecheck
 	$(BIN)/pytest tests
 
 # The console test drives Debian's Chromium (Playwright's own browser download is not used).
@@ -26,6 +26,13 @@ browser:
 	@command -v chromium >/dev/null || { \
 	  echo "installing Debian's chromium for the console test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The deploy tests validate deploy/docker-compose.yaml with Debian's docker-compose (v1),
+# which needs no Docker engine for `config`.
+deploy-tools:
+	@command -v docker-compose >/dev/null || { \
+	  echo "installing Debian's docker-compose for the deploy tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 
 unit: install
 	$(BIN)/pytest tests/unit
@@ -39,6 +46,9 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+deploy-check: install deploy-tools
+	$(BIN)/pytest -m deploy tests/deploy
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
