@@ -23,6 +23,7 @@ from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send, packs
 from graph.records import InvalidRecord, PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import actor_partition, read_partitions
+from streams.memory import release
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -39,6 +40,7 @@ class GraphStage:
         self.metrics = metrics
         self.send = send
         self.rule = settings.rule()
+        self._edges_at_trim = 0
         self.partitions: PartitionedState[PartitionGraph] = PartitionedState(
             settings.bootstrap, settings.actor_reports_topic, self._create, self._apply
         )
@@ -48,8 +50,15 @@ class GraphStage:
 
     def refresh_gauges(self) -> None:
         graphs = self.graphs()
-        self.metrics.live_edges.set(sum(graph.live_edges for graph in graphs))
+        live_edges = sum(graph.live_edges for graph in graphs)
+        self.metrics.live_edges.set(live_edges)
         self.metrics.actors.set(sum(graph.actor_count for graph in graphs))
+        # Expiry has freed over half the edges since the last trim: hand the pages back.
+        if live_edges * 2 < self._edges_at_trim:
+            release()
+            self._edges_at_trim = live_edges
+        else:
+            self._edges_at_trim = max(self._edges_at_trim, live_edges)
 
     async def _create(self, partition: int) -> PartitionGraph:
         graph = RollingGraph(self.settings.window_seconds, self.rule)

@@ -50,7 +50,10 @@ class ResolveStage:
     async def _create(self, partition: int) -> _Resolving:
         settings = self.settings
         resolver = AliasResolver(
-            settings.secret_bytes, settings.max_accounts_per_signal, settings.link_by_text
+            settings.secret_bytes,
+            settings.max_accounts_per_signal,
+            settings.link_by_text,
+            settings.window_seconds,
         )
         return _Resolving(resolver, LowWatermark(settings.partitions))
 

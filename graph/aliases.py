@@ -16,9 +16,10 @@ import hashlib
 import hmac
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from graph.compact import right_sized
 from graph.contract import Report
 from graph.identity import actor_id_for
 
@@ -109,27 +110,59 @@ class Resolution:
     watermark: float = 0.0
 
 
-@dataclass(slots=True)
 class _Value:
-    accounts: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
+    """The accounts that used one signal value, each with when it last did (event time),
+    in the order they first did; `seen` is the newest of those times."""
+
+    __slots__ = ("accounts", "seen")
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, float] = {}
+        self.seen = -math.inf
 
 
 class AliasResolver:
+    """Union-find over offender accounts, with retention.
+
+    With `window_seconds`, what the resolver knows is held to the same window as the graph:
+    an actor (all its accounts) is forgotten once none of them has a report inside the
+    window, and a signal value once no account has used it inside the window. A link is
+    made only through uses inside the window, and a report older than the window links
+    nothing (the graph drops it as too old). Forgetting runs as the watermark passes whole
+    buckets of 1/256 of a window, so it costs nothing per report.
+    """
+
     def __init__(
-        self, secret: bytes, max_accounts_per_signal: int = 20, link_by_text: bool = False
+        self,
+        secret: bytes,
+        max_accounts_per_signal: int = 20,
+        link_by_text: bool = False,
+        window_seconds: float | None = None,
     ) -> None:
         if max_accounts_per_signal < 2:
             raise ValueError("max_accounts_per_signal must be at least 2")
+        if window_seconds is not None and window_seconds <= 0:
+            raise ValueError("window_seconds must be positive")
         self.secret = secret
         self.max_accounts_per_signal = max_accounts_per_signal
         self.link_by_text = link_by_text
+        self.window_seconds = window_seconds
         self._parent: dict[str, str] = {}
-        self._founder: dict[str, tuple[int, str]] = {}  # root -> (order, founding account)
+        self._founder: dict[str, int] = {}  # root -> when its founding account was first seen
         self._actor_ids: dict[str, str] = {}  # root -> its actor id (a keyed hash: cached)
+        self._seen: dict[str, float] = {}  # root -> newest report time of any of its accounts
+        self._members: dict[str, list[str]] = {}  # root -> the other accounts merged into it
         self._values: dict[str, _Value] = {}
         self._hubs: set[str] = set()
         self._order = 0
         self.watermark = -math.inf
+        # Retention: roots and values filed by the bucket of their newest time, checked
+        # when the watermark has passed the whole bucket (and then forgotten or refiled).
+        self._bucket = (window_seconds or math.inf) / 256
+        self._roots_due: dict[int, list[str]] = {}
+        self._values_due: dict[int, list[str]] = {}
+        self._checked_below = -math.inf
+        self._accounts_peak = self._values_peak = 0
 
     @property
     def accounts(self) -> int:
@@ -139,6 +172,10 @@ class AliasResolver:
     def hubs(self) -> int:
         return len(self._hubs)
 
+    @property
+    def values(self) -> int:
+        return len(self._values)
+
     def actor_of(self, account: str) -> str:
         return self._actor_ids[self._find(account)]
 
@@ -146,13 +183,24 @@ class AliasResolver:
         """Link one report's account. `watermark` is the stream's (graph/watermark.py);
         without one, the newest event time resolved so far stands in for it."""
         self.watermark = max(self.watermark, report.event_time if watermark is None else watermark)
-        account = report.offender_key
+        cutoff = self._retain()
+        account, moment = report.offender_key, report.event_time
+        if moment < cutoff:  # too old to link; the graph drops it, nothing is remembered
+            known_actor = account in self._parent
+            actor = self.actor_of(account) if known_actor else actor_id_for(account, self.secret)
+            return Resolution(actor, watermark=self.watermark)
         new = account not in self._parent
         if new:
             self._parent[account] = account
-            self._founder[account] = (self._order, account)
+            self._founder[account] = self._order
             self._actor_ids[account] = actor_id_for(account, self.secret)
+            self._seen[account] = moment
+            self._file(self._roots_due, account, moment)
             self._order += 1
+        else:
+            root = self._find(account)
+            if moment > self._seen[root]:
+                self._seen[root] = moment
         new_actor = self._actor_ids[account] if new else None
         links: list[Link] = []
         merges: list[Merge] = []
@@ -168,9 +216,13 @@ class AliasResolver:
             known = self._values.get(key)
             if known is None:
                 known = self._values[key] = _Value()
-            if account in known.accounts:
+                self._file(self._values_due, key, moment)
+            known.seen = max(known.seen, moment)
+            used = known.accounts.get(account)
+            known.accounts[account] = moment if used is None else max(used, moment)
+            if used is not None:
                 continue
-            known.accounts[account] = None
+            self._drop_stale(known, cutoff)
             if len(known.accounts) > self.max_accounts_per_signal:
                 self._hubs.add(key)
                 del self._values[key]
@@ -186,6 +238,62 @@ class AliasResolver:
         return Resolution(
             self.actor_of(account), tuple(links), tuple(merges), tuple(hubs), self.watermark
         )
+
+    def _drop_stale(self, known: _Value, cutoff: float) -> None:
+        """Uses of a value from before the window, or by forgotten accounts, link nothing."""
+        stale = [
+            account
+            for account, used in known.accounts.items()
+            if used < cutoff or account not in self._parent
+        ]
+        for account in stale:
+            del known.accounts[account]
+
+    def _file(self, due: dict[int, list[str]], key: str, moment: float) -> None:
+        if self.window_seconds is not None:
+            due.setdefault(int(moment // self._bucket), []).append(key)
+
+    def _retain(self) -> float:
+        """Forget what the watermark has left behind; returns the cutoff."""
+        if self.window_seconds is None:
+            return -math.inf
+        cutoff = self.watermark - self.window_seconds
+        below = cutoff // self._bucket  # buckets before this one are wholly before cutoff
+        if below > self._checked_below:
+            self._checked_below = below
+            for bucket in self._passed(self._roots_due, below):
+                for root in bucket:
+                    seen = self._seen.get(root)
+                    if seen is not None and self._parent.get(root) == root:
+                        if seen < cutoff:
+                            self._forget(root)
+                        else:
+                            self._file(self._roots_due, root, seen)
+            for bucket in self._passed(self._values_due, below):
+                for key in bucket:
+                    known = self._values.get(key)
+                    if known is not None and known.seen < cutoff:
+                        del self._values[key]
+                    elif known is not None:
+                        self._file(self._values_due, key, known.seen)
+            self._values, self._values_peak = right_sized(self._values, self._values_peak)
+            self._parent, peak = right_sized(self._parent, self._accounts_peak)
+            if peak < self._accounts_peak:  # the per-root tables shrink with it
+                self._founder, self._actor_ids = dict(self._founder), dict(self._actor_ids)
+                self._seen, self._members = dict(self._seen), dict(self._members)
+            self._accounts_peak = peak
+        return cutoff
+
+    @staticmethod
+    def _passed(due: dict[int, list[str]], below: float) -> list[list[str]]:
+        passed = [bucket for bucket in due if bucket < below]
+        return [due.pop(bucket) for bucket in sorted(passed)]
+
+    def _forget(self, root: str) -> None:
+        """Forget an actor whose every account's last report has left the window."""
+        for account in (root, *self._members.pop(root, ())):
+            del self._parent[account]
+        del self._founder[root], self._actor_ids[root], self._seen[root]
 
     def _strong_signals(self, report: Report) -> list[tuple[str, str]]:
         signals = [
@@ -215,6 +323,8 @@ class AliasResolver:
         older, newer = (a, b) if self._founder[a] < self._founder[b] else (b, a)
         self._parent[newer] = older
         del self._founder[newer]
+        self._seen[older] = max(self._seen[older], self._seen.pop(newer))
+        self._members.setdefault(older, []).extend((newer, *self._members.pop(newer, ())))
         return Merge(absorbed=self._actor_ids.pop(newer), into=self._actor_ids[older])
 
     def _fingerprint(self, key: str) -> str:

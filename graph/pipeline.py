@@ -43,7 +43,7 @@ class Pipeline:
         link_by_text: bool = False,
         partitions: int = 1,
     ) -> None:
-        self.resolver = AliasResolver(secret, max_accounts_per_signal, link_by_text)
+        self.resolver = AliasResolver(secret, max_accounts_per_signal, link_by_text, window_seconds)
         self.partitions = [
             PartitionGraph(RollingGraph(window_seconds, rule)) for _ in range(partitions)
         ]

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from graph.aliases import Link, opener_of
+from graph.compact import right_sized
 from graph.contract import Report
 from graph.rules import Alert, CrossRegionRule, describe
 
@@ -83,7 +84,7 @@ class Edge:
         self._regions: Values = self.region
         self._categories: Values = _add(None, category)
         self._report_ids: Values = report_id
-        self._accounts: Values = _add(None, account)
+        self._accounts: Values = account  # not interned: accounts are many and unique
 
     @property
     def regions(self) -> frozenset[str]:
@@ -154,7 +155,7 @@ class Edge:
         edge._regions = _union(edge.region, document["regions"])
         edge._categories = _union(_add(None, document["categories"][0]), document["categories"])
         edge._report_ids = _union(document["report_ids"][0], document["report_ids"])
-        edge._accounts = _union(_add(None, document["accounts"][0]), document["accounts"])
+        edge._accounts = _union(document["accounts"][0], document["accounts"])
         return edge
 
 
@@ -300,6 +301,7 @@ class RollingGraph:
         self.watermark = -math.inf
         self.live_edges = 0
         self._actors: dict[str, Actor] = {}
+        self._actors_peak = 0
         # Highest serial level alerted per actor; kept after an actor expires or merges,
         # so that an alert id (actor + level) is never raised twice.
         self._raised: dict[str, int] = {}
@@ -530,6 +532,7 @@ class RollingGraph:
                 self._schedule(actor, min(edge.last_seen for edge in actor.edges.values()))
         for entry in pinned:
             heapq.heappush(expiry, entry)
+        self._actors, self._actors_peak = right_sized(self._actors, self._actors_peak)
 
     def _expire_actor(self, actor_id: str, cutoff: float) -> None:
         """One actor's expiry, judged by its own record's watermark."""

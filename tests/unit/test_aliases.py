@@ -128,3 +128,45 @@ def test_a_new_account_bridging_two_actors_merges_them() -> None:
     # The new account itself needs no merge record; the two existing actors do.
     assert bridge.merges == (Merge(absorbed=actor("c"), into=actor("a")),)
     assert bridge.actor_id == actor("a")
+
+
+DAY = 86400.0
+
+
+def dated(account: str, day: float, **signals: str) -> Report:
+    parsed = parse_report(
+        encode(make_report(account, signals=signals, at=__import__("datetime").timedelta(day)))
+    )
+    assert isinstance(parsed, Report)
+    return parsed
+
+
+def test_retention_forgets_actors_and_values_the_window_has_left_behind() -> None:
+    resolver = AliasResolver(SECRET, window_seconds=30 * DAY)
+    resolver.resolve(dated("a", 0, device_id="d1"))
+    resolver.resolve(dated("b", 1, device_id="d1"))  # a and b are one actor
+    resolver.resolve(dated("c", 2, phone_hash="p1"))
+    assert (resolver.accounts, resolver.values) == (3, 2)
+    resolver.resolve(dated("z", 100))  # the window has slid past all of them
+    assert (resolver.accounts, resolver.values) == (1, 0)
+    # Reusing the old device links nothing: the uses that linked it are gone.
+    fresh = resolver.resolve(dated("d", 101, device_id="d1"))
+    assert fresh.links == () and fresh.actor_id == actor("d")
+    assert resolver.resolve(dated("a", 102, device_id="d1")).actor_id == actor("d")
+
+
+def test_an_actor_with_one_recent_account_keeps_all_its_accounts() -> None:
+    resolver = AliasResolver(SECRET, window_seconds=30 * DAY)
+    resolver.resolve(dated("a", 0, device_id="d1"))
+    resolver.resolve(dated("b", 1, device_id="d1"))
+    for day in range(10, 60, 10):
+        resolver.resolve(dated("b", day))  # b keeps reporting; a never does again
+    assert resolver.actor_of("chirp:a") == resolver.actor_of("chirp:b") == actor("a")
+
+
+def test_a_report_older_than_the_window_links_nothing() -> None:
+    resolver = AliasResolver(SECRET, window_seconds=30 * DAY)
+    resolver.resolve(dated("a", 100, device_id="d1"))
+    old = resolver.resolve(dated("b", 10, device_id="d1"))
+    assert old.links == () and old.actor_id == actor("b")
+    assert resolver.accounts == 1
