@@ -31,9 +31,6 @@ RUN groupadd --system --gid 10001 linkwatch \
  && mkdir -p /var/lib/linkwatch \
  && chown 10001:10001 /var/lib/linkwatch
 COPY --from=builder /opt/linkwatch /opt/linkwatch
-# The console's HTML, CSS and JavaScript are not Python files, and the wheel leaves them
-# out (pyproject.toml declares no package data), so they are copied next to streams/api.py.
-COPY streams/console /opt/linkwatch/lib/python3.11/site-packages/streams/console
 USER 10001:10001
 WORKDIR /var/lib/linkwatch
 # The intake journal (sqlite) and Faust's data dir.

@@ -153,6 +153,7 @@ def build_app(
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         consumer: Any = app.consumer
+        metrics.lag.clear()  # partitions revoked in a rebalance must not keep a frozen lag
         for tp in consumer.assignment():
             read = consumer._read_offset.get(tp)
             behind = consumer.highwater(tp) - (read + 1 if read is not None else 0)
