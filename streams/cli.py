@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,9 +16,9 @@ import orjson
 from aiokafka.errors import KafkaConnectionError
 from kafka.errors import KafkaError
 
-from graph.contract import partition_key
 from streams.broker import BrokerError, EmbeddedBroker, broker_answers
 from streams.keys import ROLES
+from streams.push import PushResult, push_file, push_messages
 from streams.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -26,6 +27,10 @@ log = logging.getLogger("linkwatch")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] in (["worker"], ["run"]):
+        from streams.memory import use_system_allocator
+
+        use_system_allocator()  # see streams/memory.py: so that expiry returns memory
     parser = _parser()
     args = parser.parse_args(argv)
     # The worker configures its own logging; the other commands only need the client
@@ -95,9 +100,49 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info"])
     run.set_defaults(command=_run)
 
-    push = commands.add_parser("push", parents=[common], help="send a JSONL file of reports")
+    push = commands.add_parser(
+        "push",
+        parents=[common],
+        help="send a JSONL file of reports",
+        description="Send each non-blank line of a JSONL file to the reports topic, as it is, "
+        "acknowledged by all in-sync replicas. Bad lines are sent too (the pipeline rejects "
+        "them where they can be seen); lines of 1 MiB or more cannot be and count as failed. "
+        "Pushing the same file again is safe, and is the recovery after a failed push or a "
+        "broker that lost its data: the pipeline drops a (platform, report_id) it has seen, "
+        "and alert ids are deterministic.",
+    )
     push.add_argument("file", type=Path)
+    push.add_argument(
+        "--rate",
+        type=_positive_rate,
+        metavar="N",
+        help="at most N lines a second (default: no cap)",
+    )
     push.set_defaults(command=_push)
+
+    replay = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="re-send the reports the HTTP intake accepted (after a broker lost them)",
+        description="Re-send to the reports topic every report body the HTTP intake accepted, "
+        "from the intake journals (NAMESPACE-intake.sqlite3) under the data dir, in the order "
+        "they were accepted. The embedded broker keeps nothing across a restart; the journals "
+        "do. Replaying is safe: the pipeline drops a (platform, report_id) it has seen, and "
+        "alert ids are deterministic, so nothing is counted or alerted twice. Reports pushed "
+        "from files are not journaled: push the same file again.",
+    )
+    since = replay.add_mutually_exclusive_group(required=True)
+    since.add_argument(
+        "--since",
+        type=_aware_time,
+        metavar="ISO8601",
+        help="only reports accepted at or after this time (with Z or an offset)",
+    )
+    since.add_argument("--all", action="store_true", help="every report the journals hold")
+    replay.add_argument(
+        "--rate", type=_positive_rate, metavar="N", help="at most N reports a second"
+    )
+    replay.set_defaults(command=_replay)
 
     sim = commands.add_parser(
         "simulate",
@@ -223,47 +268,66 @@ def _start_worker(app: Any, loglevel: str) -> None:
 
 
 def _push(settings: Settings, args: argparse.Namespace) -> int:
-    from kafka import KafkaProducer
-
     path: Path = args.file
     if not path.is_file():
         print(f"linkwatch: no such file: {path}", file=sys.stderr)
         return 2
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap,
-        acks="all",
-        linger_ms=20,
-        batch_size=512 * 1024,
-        max_request_size=2 * 1024 * 1024,
-    )
-    failures: list[Exception] = []
     progress = _Progress(path.stat().st_size, sys.stderr)
-    sent = blank = 0
-    with path.open("rb") as lines:
-        for line in lines:
-            progress.advance(len(line))
-            message = line.rstrip(b"\r\n")
-            if not message.strip():
-                blank += 1
-                continue
-            producer.send(
-                settings.reports_topic, key=partition_key(message), value=message
-            ).add_errback(failures.append)
-            sent += 1
-    producer.flush()
-    producer.close()
-    progress.finish(sent)
-    delivered = sent - len(failures)
-    print(
-        f"sent {delivered} reports to {settings.reports_topic}"
-        + (f", skipped {blank} blank lines" if blank else "")
+    result = push_file(settings, path, rate=args.rate, progress=progress.advance)
+    progress.finish(result.sent)
+    skipped = f", skipped {result.blank} blank lines" if result.blank else ""
+    return _pushed(result, f"sent {result.sent} reports to {settings.reports_topic}{skipped}")
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.journal import IntakeJournal
+
+    name = f"{settings.namespace}-intake.sqlite3"
+    paths = sorted(settings.data_dir.rglob(name)) if settings.data_dir.is_dir() else []
+    if not paths:
+        print(f"linkwatch: no intake journal ({name}) under {settings.data_dir}", file=sys.stderr)
+        return 2
+    since = None if args.all else args.since.timestamp()
+    journals = [IntakeJournal(path) for path in paths]
+    try:
+        bodies = (body for journal in journals for body in journal.bodies(since))
+        result = push_messages(settings, bodies, rate=args.rate)
+    finally:
+        for journal in journals:
+            journal.close()
+    journaled = f"{len(paths)} intake journal" + ("s" if len(paths) > 1 else "")
+    return _pushed(
+        result, f"re-sent {result.sent} reports from {journaled} to {settings.reports_topic}"
     )
-    if failures:
+
+
+def _pushed(result: PushResult, summary: str) -> int:
+    """Print what was sent; every report that was not is counted, and fails the command."""
+    print(summary)
+    if result.failed:
         print(
-            f"linkwatch: {len(failures)} reports were not delivered: {failures[0]}", file=sys.stderr
+            f"linkwatch: {result.failed} reports were not delivered: " + "; ".join(result.errors),
+            file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _positive_rate(text: str) -> float:
+    rate = float(text)
+    if not 0 < rate < float("inf"):
+        raise argparse.ArgumentTypeError("must be a number more than 0")
+    return rate
+
+
+def _aware_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs Z or a UTC offset")
+    return moment
 
 
 class _Progress:
@@ -272,21 +336,18 @@ class _Progress:
     def __init__(self, total_bytes: int, out: TextIO) -> None:
         self.total = max(total_bytes, 1)
         self.out = out
-        self.done = 0
-        self.lines = 0
         self.started = self.shown = time.monotonic()
         self.enabled = out.isatty()
 
-    def advance(self, size: int) -> None:
-        self.done += size
-        self.lines += 1
+    def advance(self, done: int, lines: int) -> None:
+        """Called with the bytes and the lines read so far."""
         now = time.monotonic()
         if self.enabled and now - self.shown > 0.2:
             self.shown = now
-            fraction = self.done / self.total
+            fraction = done / self.total
             bar = "#" * int(fraction * 30)
-            rate = self.lines / max(now - self.started, 1e-9)
-            self.out.write(f"\r[{bar:<30}] {fraction:4.0%} {self.lines:,} lines {rate:,.0f}/s")
+            rate = lines / max(now - self.started, 1e-9)
+            self.out.write(f"\r[{bar:<30}] {fraction:4.0%} {lines:,} lines {rate:,.0f}/s")
             self.out.flush()
 
     def finish(self, sent: int) -> None:

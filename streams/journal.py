@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["IntakeJournal"]
@@ -46,6 +46,19 @@ class IntakeJournal:
                 "INSERT OR IGNORE INTO accepted VALUES (?, ?, ?, ?)",
                 [(platform, report_id, now, body) for platform, report_id, body in rows],
             )
+
+    def bodies(self, since: float | None = None) -> Iterator[bytes]:
+        """The accepted bytes, in the order they were accepted; with `since` (seconds since
+        the epoch), only those accepted then or later. Read lazily, for big journals."""
+        # rowid is the insertion order, even if the wall clock stepped back in between.
+        if since is None:
+            cursor = self._db.execute("SELECT body FROM accepted ORDER BY rowid")
+        else:
+            cursor = self._db.execute(
+                "SELECT body FROM accepted WHERE accepted_at >= ? ORDER BY rowid", (since,)
+            )
+        for (body,) in cursor:
+            yield bytes(body)
 
     def prune(self, older_than: float) -> int:
         """Forget what was accepted before `older_than` (seconds since the epoch)."""
