@@ -63,7 +63,8 @@ eval: install
 	$(BIN)/python -m streams.evaluate
 
 bench-quick: $(BENCH_STAMP)
-	$(BIN)/python -m streams.bench --reports 30000 --latency-cases 50 --out bench/result-quick.json
+	$(BIN)/python -m streams.bench --reports 30000 --latency-cases 50 --replay-lines 200000 \
+	  --curve 100000,300000,1000000 --out bench/result-quick.json --plot bench/throughput-memory-quick.png
 
 clean:
 	rm -rf $(VENV) .linkwatch .pytest_cache .mypy_cache .ruff_cache

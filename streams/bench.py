@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import re
@@ -16,9 +17,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from graph.contract import partition_key
+from graph.aliases import AliasResolver
+from graph.contract import Report, parse_report, partition_key
 from graph.pipeline import Pipeline
+from graph.records import resolution_records
 from graph.rules import CrossRegionRule
+from graph.watermark import LowWatermark
 from streams.broker import EmbeddedBroker
 from streams.kafka import create_topics, read_partitions
 from streams.settings import Settings
@@ -43,6 +47,18 @@ def stream(count: int, seed: int = 7) -> list[bytes]:
         simulate(Path(scratch), seed, scale)
         lines = (Path(scratch) / "reports.jsonl").read_bytes().splitlines()
     return lines[:count]
+
+
+def variant(lines: list[bytes], tag: str) -> list[bytes]:
+    """The same stream as other people: report ids, accounts and signal values get a
+    prefix, so a copy is new reports about new actors, not redeliveries."""
+    prefix = tag.encode()
+    out = []
+    for line in lines:
+        for field in (b'"report_id":"', b'"account":"', b'_hash":"', b'"device_id":"'):
+            line = line.replace(field, field + prefix)
+        out.append(line)
+    return out
 
 
 async def produce(bootstrap: str, topic: str, messages: list[bytes]) -> float:
@@ -168,8 +184,11 @@ class WorkerProcess:
             self.process.kill()
 
 
-def end_to_end(worker: WorkerProcess, expected: int, timeout: float) -> float:
-    """Reports/s from the first processed report to the last (startup and join excluded)."""
+def end_to_end(
+    worker: WorkerProcess, expected: int, timeout: float, meter: CpuMeter | None = None
+) -> float:
+    """Reports/s from the first processed report to the last (startup and join excluded);
+    `meter`, if given, measures the CPU each process spends over that same interval."""
     first_at = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,7 +196,11 @@ def end_to_end(worker: WorkerProcess, expected: int, timeout: float) -> float:
         now = time.perf_counter()
         if first_at is None and done > 0:
             first_at, first_done = now, done
+            if meter is not None:
+                meter.start()
         if done >= expected and first_at is not None:
+            if meter is not None:
+                meter.stop()
             return (done - first_done) / max(now - first_at, 1e-9)
         time.sleep(0.1)
     raise TimeoutError(f"pipeline processed {worker.processed()} of {expected}")
@@ -231,76 +254,396 @@ async def alert_latency(
     return sorted(received[k] - sent_at[k] for k in sent_at if k in received)
 
 
+async def _send_late(settings: Settings, per_partition: int) -> int:
+    """Reports years after everything else, on every input partition (the watermark waits
+    for the slowest) and for enough actors to reach every graph partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    sent = 0
+    try:
+        for partition in range(settings.partitions):
+            for i in range(per_partition):
+                report = {
+                    "report_id": f"late-{partition}-{i}", "platform": "chirp",
+                    "reported_at": "2031-01-01T00:00:00Z", "category": "other",
+                    "offender": {"account": f"late-{partition}-{i}"},
+                    "victim": {"account": f"late-victim-{partition}-{i}", "region": "kent"},
+                }  # fmt: skip
+                await producer.send_and_wait(
+                    settings.reports_topic, orjson.dumps(report), partition=partition
+                )
+                sent += 1
+    finally:
+        await producer.stop()
+    return sent
+
+
+def rss_after_expiry(settings: Settings, worker: WorkerProcess) -> int:
+    """Slide the window past everything the worker holds; its RSS once the edges are gone."""
+    before = worker.processed()
+    sent = asyncio.run(_send_late(settings, 16))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        metrics = worker.metrics()
+        done = sum(v for k, v in metrics.items() if k.startswith("linkwatch_reports_total"))
+        if done >= before + sent and metrics.get("linkwatch_live_edges", math.inf) <= sent:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    return worker.rss_bytes()
+
+
 def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each named process spends between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.begin: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+        self.wall = 0.0
+
+    def start(self) -> None:
+        self.begin = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.wall = time.perf_counter()
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.spent = {name: cpu_seconds(pid) - self.begin[name] for name, pid in self.pids.items()}
+
+    def cores(self) -> dict[str, float]:
+        """Cores used by each process over the interval (1.0 = one core, all the time)."""
+        return {name: round(spent / self.wall, 2) for name, spent in self.spent.items()}
+
+
+def settings_for(broker: EmbeddedBroker, workdir: Path, namespace: str) -> Settings:
+    settings = Settings(
+        bootstrap=broker.bootstrap, namespace=namespace, data_dir=workdir / namespace
+    )
+    create_topics(settings)
+    return settings
+
+
+def run_pipeline(
+    broker: EmbeddedBroker, settings: Settings, workdir: Path, workers: int, expected: int
+) -> dict[str, Any]:
+    """`workers` workers on reports already in the topic: rate, CPU per process, alerts."""
+    started = [WorkerProcess(settings, workdir / f"{settings.namespace}-{i}.log")
+               for i in range(workers)]  # fmt: skip
+    try:
+        for worker in started:
+            worker.wait_ready()
+        pids = {f"worker{i + 1}": w.process.pid for i, w in enumerate(started)}
+        meter = CpuMeter(pids | {"broker": broker.pid})
+        total = _Total(started)
+        rate = end_to_end(total, expected, timeout=3600, meter=meter)  # type: ignore[arg-type]
+        time.sleep(1)
+        metrics = started[0].metrics()
+        return {
+            "per_s": rate,
+            "cores": meter.cores(),
+            "cpu_us_per_report": round(
+                sum(v for k, v in meter.spent.items() if k != "broker") / max(expected, 1) * 1e6, 1
+            ),
+            "broker_cpu_us_per_report": round(meter.spent["broker"] / max(expected, 1) * 1e6, 1),
+            "live_edges": sum(w.metrics().get("linkwatch_live_edges", 0.0) for w in started),
+            "rss": started[0].rss_bytes(),
+            "metrics": metrics,
+            "workers": started,
+        }
+    except BaseException:
+        for worker in started:
+            worker.stop()
+        raise
+
+
+class _Total:
+    """Several workers' processed counts as one."""
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self.workers = workers
+
+    def processed(self) -> float:
+        return sum(worker.processed() for worker in self.workers)
+
+
+def alert_ids(settings: Settings) -> list[str]:
+    async def collect() -> list[str]:
+        return [
+            orjson.loads(record.value)["alert_id"]
+            async for records in read_partitions(settings.bootstrap, settings.alerts_topic)
+            for record in records
+        ]
+
+    return sorted(asyncio.run(collect()))
+
+
+def settled_alert_ids(settings: Settings, quiet: float = 3.0, timeout: float = 120) -> list[str]:
+    """Alert ids once no new one has come for `quiet` seconds (merges can trail the input)."""
+    previous: list[str] = []
+    since = time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        current = alert_ids(settings)
+        if current != previous:
+            previous, since = current, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+        time.sleep(0.5)
+    return previous
+
+
+def background_load(settings: Settings, messages: list[bytes], rate: float) -> threading.Thread:
+    """Push `messages` at `rate` per second from a thread (the latency run's load)."""
+    from streams.push import push_messages
+
+    thread = threading.Thread(
+        target=push_messages, args=(settings, messages), kwargs={"rate": rate}, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def scaling(checkpoints: list[int]) -> dict[str, Any]:
+    """streams/scaling.py in its own process, with the worker's allocator (streams/memory.py)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.scaling", *map(str, checkpoints)],
+        env=dict(os.environ) | {"PYTHONMALLOC": "malloc"},
+        capture_output=True,
+        text=True,
+        timeout=7200,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"streams.scaling failed:\n{result.stderr[-2000:]}")
+    return dict(orjson.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def resolver_rate(messages: list[bytes]) -> float:
+    """Reports/s through the one-partition stage alone (watermark, aliases, routing): the
+    stage no number of workers can spread, so it bounds a deployment."""
+    reports = [r for r in map(parse_report, messages) if isinstance(r, Report)]
+    rows = [[*report.to_row(), 0] for report in reports]
+    resolver = AliasResolver(b"bench", 20, False, 365 * 86400.0)
+    watermark = LowWatermark(4)
+    started = time.perf_counter()
+    for row, report in zip(rows, (Report.from_row(row) for row in rows), strict=True):
+        resolution = resolver.resolve(report, watermark.observe(row[10], report.event_time))
+        resolution_records(resolution, row[:10])
+    return len(rows) / (time.perf_counter() - started)
+
+
+def plot(curve: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = [row["live_edges"] for row in curve]
+    figure, rate_axis = plt.subplots(figsize=(7, 4), dpi=110)
+    rate_axis.plot(edges, [row["reports_per_s"] for row in curve], "o-", color="tab:blue")
+    rate_axis.set_xscale("log")
+    rate_axis.set_xlabel("live actor-victim edges")
+    rate_axis.set_ylabel("reports/s (state stages, one core)", color="tab:blue")
+    rate_axis.set_ylim(bottom=0)
+    memory_axis = rate_axis.twinx()
+    memory_axis.plot(edges, [row["rss_mb"] for row in curve], "s--", color="tab:red")
+    memory_axis.set_ylabel("RSS (MB)", color="tab:red")
+    memory_axis.set_yscale("log")
+    rate_axis.set_title("linkwatch state: cost per report and memory against live edges")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     parser.add_argument("--reports", type=int, default=200_000)
     parser.add_argument("--latency-cases", type=int, default=200)
+    parser.add_argument("--replay-lines", type=int, default=10_000_000)
+    parser.add_argument(
+        "--curve", default="100000,300000,1000000,3000000,5000000,10000000",
+        help="live-edge checkpoints for the cost and memory curve",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/result.json"))
+    parser.add_argument("--plot", type=Path, default=Path("bench/throughput-memory.png"))
     args = parser.parse_args(argv)
+    checkpoints = [int(float(value)) for value in args.curve.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="linkwatch-bench-"))
+    say = functools.partial(print, file=sys.stderr, flush=True)
     with EmbeddedBroker(free_port(), log=workdir / "tansu.log") as broker:
         messages = stream(args.reports)
-        settings = Settings(
-            bootstrap=broker.bootstrap, namespace="bench", data_dir=workdir / "data"
-        )
-        create_topics(settings)
+        settings = settings_for(broker, workdir, "bench")
+        say(f"producing {len(messages):,} reports")
         produce_rate = asyncio.run(produce(settings.bootstrap, settings.reports_topic, messages))
+        say("ceiling: raw aiokafka consume + orjson decode")
         ceiling_rate = asyncio.run(
             ceiling(settings.bootstrap, settings.reports_topic, len(messages))
         )
         in_process = no_broker_rate(messages)
+        resolver_only = resolver_rate(messages)
+        say("peer: Quix Streams, same topic")
         peer = peer_rate(settings.bootstrap, settings.reports_topic, len(messages))
 
         # The empty worker's RSS, on topics of its own, is the baseline for bytes per edge.
-        idle_settings = replace(settings, namespace="bench-idle", data_dir=workdir / "idle")
-        create_topics(idle_settings)
-        idle = WorkerProcess(idle_settings, workdir / "idle.log")
+        idle = WorkerProcess(settings_for(broker, workdir, "bench-idle"), workdir / "idle.log")
         idle.wait_ready()
         time.sleep(2)
         idle_rss = idle.rss_bytes()
         idle.stop()
 
-        worker = WorkerProcess(settings, workdir / "worker.log")
+        say("one worker, end to end")
+        one = run_pipeline(broker, settings, workdir, 1, len(messages))
+        worker = one["workers"][0]
         try:
-            pipeline_rate = end_to_end(worker, len(messages), timeout=1800)
+            one_alerts = settled_alert_ids(settings)
+            say(f"latency at half the sustainable rate ({one['per_s'] / 2:,.0f} reports/s)")
+            seconds = args.latency_cases * 3 / 20 + 5  # how long the latency cases take
+            base = stream(min(args.reports, 200_000), seed=8)
+            load = [line for i in range(1 + int(one["per_s"] / 2 * seconds / len(base)))
+                    for line in variant(base, f"load{i}-")]  # fmt: skip
+            pusher = background_load(settings, load[: int(one["per_s"] / 2 * seconds)],
+                                     one["per_s"] / 2)  # fmt: skip
             time.sleep(1)
-            metrics = worker.metrics()
-            live_edges = metrics.get("linkwatch_live_edges", 0.0)
-            peak_rss = worker.rss_bytes("VmHWM")
-            latencies = asyncio.run(alert_latency(settings, args.latency_cases, rate=150))
+            latencies = asyncio.run(alert_latency(settings, args.latency_cases, rate=20))
+            pusher.join(timeout=600)
+            say("expiry: the window slides past everything")
+            full_rss = worker.rss_bytes()
+            expired_rss = rss_after_expiry(settings, worker)
         finally:
             worker.stop()
 
-    bytes_per_edge = (peak_rss - idle_rss) / live_edges if live_edges else float("nan")
+        say("two workers, same input")
+        pair_settings = settings_for(broker, workdir, "bench-pair")
+        asyncio.run(produce(pair_settings.bootstrap, pair_settings.reports_topic, messages))
+        two = run_pipeline(broker, pair_settings, workdir, 2, len(messages))
+        try:
+            two_alerts = settled_alert_ids(pair_settings)
+        finally:
+            for each in two["workers"]:
+                each.stop()
+
+        say(f"replay: linkwatch push of {args.replay_lines:,} lines into a running worker")
+        replay = replay_run(broker, workdir, args.replay_lines)
+
+    say(f"state scaling, in process, to {max(checkpoints):,} live edges")
+    state = scaling(checkpoints)
+    curve = state["checkpoints"]
+    at_target = min(curve, key=lambda row: abs(row["live_edges"] - 5_000_000))
+    plot(curve, args.plot)
+    per_worker = one["per_s"]
+    peak = 1e8 / 86400 * 3  # 10^8 reports a day, with a peak hour at 3x the mean
     result: dict[str, Any] = {
         "reports": len(messages),
-        "reports_per_s": round(pipeline_rate),
+        "reports_per_s": round(one["per_s"]),
         "ceiling_per_s": round(ceiling_rate),
-        "ratio": round(pipeline_rate / ceiling_rate, 4),
-        "no_broker_per_s": round(in_process),
+        "ratio": round(one["per_s"] / ceiling_rate, 4),
         "peer_per_s": round(peer["per_s"]),
-        "vs_peer": round(pipeline_rate / peer["per_s"], 2),
+        "vs_peer": round(one["per_s"] / peer["per_s"], 2),
+        "no_broker_per_s": round(in_process),
         "producer_per_s": round(produce_rate),
+        "worker_cpu_us_per_report": one["cpu_us_per_report"],
+        "broker_cpu_us_per_report": one["broker_cpu_us_per_report"],
+        "cores_one_worker": one["cores"],
+        "latency_load_per_s": round(one["per_s"] / 2),
         "p50_alert_latency_ms": round(percentile(latencies, 0.50) * 1000, 1),
         "p99_alert_latency_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "latency_samples": len(latencies),
-        "live_edges": int(live_edges),
-        "bytes_per_edge": round(bytes_per_edge),
-        "peak_rss_mb_per_1m_edges": round(bytes_per_edge * 1e6 / 2**20),
+        "latency_cases": args.latency_cases,
+        "two_workers_per_s": round(two["per_s"]),
+        "cores_two_workers": two["cores"],
+        "two_workers_same_alerts": one_alerts == two_alerts,
+        "alerts": len(one_alerts),
+        "alerts_two_workers": len(two_alerts),
+        "alerts_only_one_side": sorted(set(one_alerts) ^ set(two_alerts))[:10],
+        "resolver_stage_per_s": round(resolver_only),
+        "workers_for_1e8_per_day": {
+            "peak_reports_per_s": round(peak),
+            "worker_per_s": round(per_worker),
+            "workers": math.ceil(peak / per_worker) + 1,
+            "resolver_headroom": round(resolver_only / peak, 1),
+        },
+        "replay": replay,
+        "live_edges_e2e": int(one["live_edges"]),
+        "bytes_per_edge_e2e": (
+            round((one["rss"] - idle_rss) / one["live_edges"]) if one["live_edges"] else None
+        ),
+        "bytes_per_edge": at_target["bytes_per_edge"],
+        "bytes_per_edge_at_live_edges": at_target["live_edges"],
+        "state_curve": curve,
+        "state_empty_rss_mb": state["empty_rss_mb"],
+        "state_after_expiry_rss_mb": state["after_expiry_rss_mb"],
+        "state_expiry_rss_ratio": round(state["after_expiry_rss_mb"] / state["empty_rss_mb"], 2),
+        "worker_empty_rss_mb": round(idle_rss / 2**20, 1),
+        "worker_full_rss_mb": round(full_rss / 2**20, 1),
+        "worker_after_expiry_rss_mb": round(expired_rss / 2**20, 1),
+        "expiry_rss_ratio": round(expired_rss / idle_rss, 2),
+        "plot": str(args.plot),
         "machine": f"{os.cpu_count()} cores, {sys.platform}, Python {sys.version.split()[0]}",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     width = max(len(k) for k in result)
     for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(f"written to {args.out}")
+        if key != "state_curve":
+            print(f"{key:<{width}}  {value}")
+    print("state curve (in process):")
+    for row in curve:
+        print(
+            f"  {row['live_edges']:>10,} live edges  {row['us_per_report']:>6} us/report  "
+            f"{row['reports_per_s']:>7,}/s  {row['rss_mb']:>8} MB  {row['bytes_per_edge']} B/edge"
+        )
+    print(f"written to {args.out} and {args.plot}")
     return 0
+
+
+def replay_run(broker: EmbeddedBroker, workdir: Path, lines: int) -> dict[str, Any]:
+    """`linkwatch push FILE` of `lines` lines while one worker consumes: is push faster?"""
+    settings = settings_for(broker, workdir, "bench-replay")
+    path = workdir / "replay.jsonl"
+    base = stream(min(lines, 300_000), seed=100)
+    with path.open("wb") as out:
+        written = copy = 0
+        while written < lines:
+            chunk = variant(base[: lines - written], f"c{copy}-")
+            out.write(b"\n".join(chunk) + b"\n")
+            written += len(chunk)
+            copy += 1
+    worker = WorkerProcess(settings, workdir / "replay-worker.log")
+    try:
+        worker.wait_ready()
+        pushed = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "push", str(path)],
+            env=dict(os.environ) | {"LINKWATCH_BOOTSTRAP": settings.bootstrap,
+                                    "LINKWATCH_NAMESPACE": settings.namespace},
+            capture_output=True, text=True, timeout=7200,
+        )  # fmt: skip
+        if pushed.returncode != 0:
+            raise RuntimeError(f"linkwatch push failed: {pushed.stderr[-1000:]}")
+        match = re.search(r"([\d,]+) reports in ([\d.]+)s", pushed.stderr + pushed.stdout)
+        push_seconds = float(match.group(2)) if match else float("nan")
+        done_during_push = worker.processed()
+        pipeline_during_push = done_during_push / push_seconds
+        remaining = end_to_end(worker, lines, timeout=7200)
+    finally:
+        worker.stop()
+    return {
+        "lines": lines,
+        "push_per_s": round(lines / push_seconds),
+        "pipeline_per_s_while_pushing": round(pipeline_during_push),
+        "pipeline_per_s_after": round(remaining),
+        "push_faster_than_pipeline": lines / push_seconds > pipeline_during_push,
+    }
 
 
 if __name__ == "__main__":
