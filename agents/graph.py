@@ -40,6 +40,7 @@ class GraphStage:
         self.metrics = metrics
         self.send = send
         self.rule = settings.rule()
+        self.pseudonyms = settings.pseudonyms()
         self._edges_at_trim = 0
         self.partitions: PartitionedState[PartitionGraph] = PartitionedState(
             settings.bootstrap, settings.actor_reports_topic, self._create, self._apply
@@ -61,7 +62,7 @@ class GraphStage:
             self._edges_at_trim = max(self._edges_at_trim, live_edges)
 
     async def _create(self, partition: int) -> PartitionGraph:
-        graph = RollingGraph(self.settings.window_seconds, self.rule)
+        graph = RollingGraph(self.settings.window_seconds, self.rule, self.pseudonyms.reveal)
         async for records in read_partitions(
             self.settings.bootstrap, self.settings.alerts_topic, [partition]
         ):

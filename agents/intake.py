@@ -11,6 +11,7 @@ import orjson
 
 from agents.replay import TAKE, WITHIN, Send, packs
 from graph.contract import Rejection, parse_report
+from graph.privacy import pseudonymise
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -21,6 +22,8 @@ def make_intake(
     settings: Settings, metrics: Metrics, send: Send
 ) -> Callable[[Any], Awaitable[None]]:
     """The agent body for the reports topic."""
+
+    pseudonyms = settings.pseudonyms()
 
     async def intake(stream: Any) -> None:
         async for events in stream.take_events(TAKE, within=WITHIN):
@@ -33,7 +36,7 @@ def make_intake(
                         metrics.reject(report.reason)
                         deliveries.append(await send(*_rejection(settings, record, report)))
                         continue
-                    row = report.to_row()
+                    row = pseudonymise(report, pseudonyms).to_row()
                     row.append(record.partition)  # its input partition: for the watermark
                     rows.append(row)
             # Packed: the resolver's one partition sees them in this order.

@@ -24,6 +24,7 @@ from graph.contract import Report
 from graph.identity import actor_id_for
 
 __all__ = [
+    "BLANK_SIGNAL",
     "DEGENERATE_VALUES",
     "STRONG_SIGNALS",
     "AliasResolver",
@@ -51,6 +52,8 @@ def _degenerate_values() -> frozenset[str]:
 
 
 DEGENERATE_VALUES = _degenerate_values()
+# What a degenerate value becomes at intake (graph/privacy.py): still recognisably blank.
+BLANK_SIGNAL = "s_blank"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 _NOT_WORD = re.compile(r"[^\w\s']+")
@@ -209,7 +212,7 @@ class AliasResolver:
             key = f"{signal}\x00{value}"
             if key in self._hubs:
                 continue
-            if value.strip().lower() in DEGENERATE_VALUES:
+            if value == BLANK_SIGNAL or value.strip().lower() in DEGENERATE_VALUES:
                 self._hubs.add(key)
                 hubs.append(Hub(signal, self._fingerprint(key), 1))
                 continue

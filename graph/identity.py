@@ -1,14 +1,135 @@
-"""Pseudonymous actor ids: a keyed hash, so ids in topics and logs do not name a person."""
+"""Pseudonyms: identifiers that can point to a person never enter linkwatch's state as they are.
+
+At intake every report's identifiers are replaced, before anything is written to an
+internal topic or kept in memory:
+
+- a victim account becomes `v_` + 20 hex digits of HMAC-SHA256(key, platform:account):
+  one-way; linkwatch never needs the victim's account back (alerts count victims);
+- a signal value (email hash, phone hash, device id, ip) becomes `s_` + 20 hex digits of
+  HMAC-SHA256(key, name:value): one-way; equal values still link;
+- an offender account becomes a sealed token, `o_` + base64url(tag || ciphertext), where
+  tag = HMAC-SHA256(mac key, account)[:12] is the pseudonym proper (equal accounts, equal
+  tokens) and the ciphertext is the account XORed with HMAC-SHA256(encryption key, tag ||
+  block number) blocks. Responders must act on the offender's real account, so the worker
+  opens tokens when it writes an alert (console, API, webhook, alerts topic) and for an
+  audited `POST /v1/pseudonyms/resolve`; snapshots and internal topics keep the tokens.
+  Opening checks the tag, so a forged or corrupted token is refused.
+
+The three keys are derived from one configured key (LINKWATCH_PSEUDONYM_KEY). Actor ids
+are a keyed hash of the founding account's token, so they name no one either.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 
-__all__ = ["actor_id_for"]
+__all__ = ["Pseudonyms", "actor_id_for", "pseudonym_key_for"]
+
+_TAG_BYTES = 12
+_BLOCK = hashlib.sha256().digest_size
+_CACHE_LIMIT = 1 << 16
 
 
 def actor_id_for(account_key: str, secret: bytes) -> str:
     """The actor id of one offender account (`platform:account`), stable for a given secret."""
     digest = hmac.new(secret, account_key.encode("utf-8"), hashlib.sha256).hexdigest()
     return f"act_{digest[:20]}"
+
+
+def pseudonym_key_for(secret: bytes) -> bytes:
+    """The pseudonym key derived from linkwatch's secret, when none is configured."""
+    return hmac.digest(secret, b"linkwatch pseudonym key", "sha256")
+
+
+class Pseudonyms:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the pseudonym key must be at least 16 bytes")
+
+        def derive(label: bytes) -> hmac.HMAC:
+            # A keyed HMAC per purpose; `copy()` of it skips the key schedule per value.
+            return hmac.new(hmac.digest(key, label, "sha256"), digestmod=hashlib.sha256)
+
+        self._victim = derive(b"linkwatch victim")
+        self._signal = derive(b"linkwatch signal")
+        self._mac = derive(b"linkwatch offender tag")
+        self._encrypt = derive(b"linkwatch offender seal")
+        # Offenders and signal values repeat (one actor files many reports): cache them.
+        self._offenders: dict[str, str] = {}
+        self._signals: dict[str, str] = {}
+
+    def victim(self, platform: str, account: str) -> str:
+        return "v_" + _hmac_hex(self._victim, f"{platform}:{account}")
+
+    def signal(self, name: str, value: str) -> str:
+        key = f"{name}:{value}"
+        known = self._signals.get(key)
+        if known is None:
+            known = "s_" + _hmac_hex(self._signal, key)
+            _remember(self._signals, key, known)
+        return known
+
+    def offender(self, account: str) -> str:
+        """The sealed token of an offender account (within its platform)."""
+        known = self._offenders.get(account)
+        if known is None:
+            plain = account.encode("utf-8")
+            mac = self._mac.copy()
+            mac.update(plain)
+            tag = mac.digest()[:_TAG_BYTES]
+            sealed = tag + _xor(plain, self._keystream(tag, len(plain)))
+            known = "o_" + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+            _remember(self._offenders, account, known)
+        return known
+
+    def open(self, token: str) -> str | None:
+        """The offender account inside a token; None if it is not one of this key's."""
+        if not token.startswith("o_"):
+            return None
+        try:
+            body = token[2:]
+            sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (ValueError, TypeError):
+            return None
+        tag, cipher = sealed[:_TAG_BYTES], sealed[_TAG_BYTES:]
+        plain = _xor(cipher, self._keystream(tag, len(cipher)))
+        mac = self._mac.copy()
+        mac.update(plain)
+        if len(tag) != _TAG_BYTES or not hmac.compare_digest(mac.digest()[:_TAG_BYTES], tag):
+            return None
+        try:
+            return plain.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def reveal(self, key: str) -> str:
+        """`platform:token` -> `platform:account`; anything else is returned as it is."""
+        platform, _, token = key.partition(":")
+        account = self.open(token)
+        return key if account is None else f"{platform}:{account}"
+
+    def _keystream(self, tag: bytes, size: int) -> bytes:
+        blocks = []
+        for number in range(-(-size // _BLOCK)):
+            block = self._encrypt.copy()
+            block.update(tag + number.to_bytes(4, "big"))
+            blocks.append(block.digest())
+        return b"".join(blocks)[:size]
+
+
+def _hmac_hex(base: hmac.HMAC, value: str) -> str:
+    mac = base.copy()
+    mac.update(value.encode("utf-8"))
+    return mac.hexdigest()[:20]
+
+
+def _xor(data: bytes, stream: bytes) -> bytes:
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(len(data), "big")
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()  # bounded; a full cache starts over rather than tracking recency
+    cache[key] = value

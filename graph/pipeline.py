@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from graph.aliases import AliasResolver, Hub
 from graph.contract import Rejection, parse_report
+from graph.identity import Pseudonyms, pseudonym_key_for
+from graph.privacy import pseudonymise
 from graph.records import PartitionGraph, partition_of, resolution_records
 from graph.rules import Alert, CrossRegionRule
 from graph.window import RollingGraph
@@ -42,11 +44,19 @@ class Pipeline:
         max_accounts_per_signal: int = 20,
         link_by_text: bool = False,
         partitions: int = 1,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
+        self.pseudonyms = pseudonyms or Pseudonyms(pseudonym_key_for(secret))
         self.resolver = AliasResolver(secret, max_accounts_per_signal, link_by_text, window_seconds)
         self.partitions = [
-            PartitionGraph(RollingGraph(window_seconds, rule)) for _ in range(partitions)
+            PartitionGraph(RollingGraph(window_seconds, rule, self.pseudonyms.reveal))
+            for _ in range(partitions)
         ]
+
+    def actor_of(self, account_key: str) -> str:
+        """The actor id of an offender account given as the platform names it."""
+        platform, _, account = account_key.partition(":")
+        return self.resolver.actor_of(f"{platform}:{self.pseudonyms.offender(account)}")
 
     def feed(
         self, messages: Iterable[bytes], now: float | None = None, watermark: float | None = None
@@ -61,6 +71,7 @@ class Pipeline:
                 run.rejections.append(report)
                 run.outcomes["rejected"] += 1
                 continue
+            report = pseudonymise(report, self.pseudonyms)
             resolution = self.resolver.resolve(report, watermark)
             run.hubs.extend(resolution.hubs)
             # The actor-reports topic, as a queue: records and the absorbs they cause.

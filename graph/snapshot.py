@@ -7,7 +7,7 @@ list type, carry the same values as JSON, and every format reads back into an eq
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -132,8 +132,12 @@ def from_node_link(document: Mapping[str, Any]) -> nx.DiGraph:
     return G
 
 
-def actor_detail(graph: RollingGraph, actor_id: str) -> dict[str, Any] | None:
-    """What the API shows of one actor, or None when this graph does not know it."""
+def actor_detail(
+    graph: RollingGraph, actor_id: str, reveal: Callable[[str], str] = str
+) -> dict[str, Any] | None:
+    """What the API shows of one actor, or None when this graph does not know it. This is
+    what a responder acts on, so offender accounts are opened with `reveal`; victims stay
+    pseudonyms (graph/identity.py)."""
     onward = graph.forwarded_to(actor_id)
     actor = graph.actor(actor_id)
     if actor is None:
@@ -152,11 +156,14 @@ def actor_detail(graph: RollingGraph, actor_id: str) -> dict[str, Any] | None:
     ]
     return {
         "actor_id": actor_id,
-        "accounts": sorted(actor.accounts()),
+        "accounts": sorted(reveal(account) for account in actor.accounts()),
         "regions": sorted(actor.regions()),
         "victims": victims,
         "report_ids": sorted(r for victim in victims for r in victim["report_ids"]),
-        "links": [link.to_dict() for link in actor.links],
+        "links": [
+            {"accounts": [reveal(a) for a in link.accounts], "signal": link.signal}
+            for link in actor.links
+        ],
         "merged_actor_ids": sorted(actor.merged),
         "shared_openers": actor.shared_openers(),
     }

@@ -12,7 +12,7 @@ import bisect
 import heapq
 import math
 import sys
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -293,11 +293,19 @@ class RollingGraph:
     order of records, which is what lets a worker rebuild it by replaying its partition.
     """
 
-    def __init__(self, window_seconds: float, rule: CrossRegionRule) -> None:
+    def __init__(
+        self,
+        window_seconds: float,
+        rule: CrossRegionRule,
+        reveal: Callable[[str], str] = str,
+    ) -> None:
         if window_seconds <= 0:
             raise ValueError("window_seconds must be positive")
         self.window_seconds = window_seconds
         self.rule = rule
+        # Offender accounts are sealed tokens in the graph (graph/identity.py); an alert,
+        # which responders act on, carries them opened.
+        self.reveal = reveal
         self.watermark = -math.inf
         self.live_edges = 0
         self._actors: dict[str, Actor] = {}
@@ -477,14 +485,18 @@ class RollingGraph:
         return tuple(alerts)
 
     def _alert(self, actor: Actor, kind: str, level: int, edges: list[Edge], now: float) -> Alert:
-        accounts = {a for edge in edges for a in _items(edge._accounts)}
+        reveal = self.reveal
+        accounts = {reveal(a) for edge in edges for a in _items(edge._accounts)}
         first_seen = min(edge.first_seen for edge in edges)
         last_seen = max(edge.last_seen for edge in edges)
         victims_by_region: dict[str, int] = {}
         for edge in edges:
             victims_by_region[edge.region] = victims_by_region.get(edge.region, 0) + 1
         victims_by_region = dict(sorted(victims_by_region.items()))
-        links = [link.to_dict() for link in actor.links]
+        links = [
+            {"accounts": [reveal(account) for account in link.accounts], "signal": link.signal}
+            for link in actor.links
+        ]
         shared_openers = actor.shared_openers()
         return Alert(
             alert_id=self.rule.alert_id(actor.actor_id, level, kind),

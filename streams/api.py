@@ -18,6 +18,7 @@ from faust.web import View
 from agents.replay import Send
 from graph import snapshot
 from graph.contract import Rejection, partition_key, report_from_document
+from graph.identity import Pseudonyms
 from graph.lifecycle import ACTIONS, AlertBook, LifecycleError, UnknownAlert
 from graph.rules import format_time
 from graph.window import RollingGraph
@@ -43,6 +44,8 @@ READ_ALERTS = frozenset({"responder", "analyst", "admin"})
 ACT_ON_ALERTS = frozenset({"responder", "admin"})
 READ_ACTORS = frozenset({"responder", "analyst", "admin"})
 SNAPSHOTS = frozenset({"analyst", "admin"})
+# Opening an offender's pseudonym (a snapshot's `platform:o_...`): each call is audited.
+RESOLVE_PSEUDONYMS = frozenset({"responder", "admin"})
 
 # An endpoint: (request, caller, **path parameters) -> (body, status)
 Handler = Callable[..., Awaitable[tuple[Any, int]]]
@@ -71,6 +74,10 @@ class Api:
     owned: Callable[[], set[int]]
     ready: Callable[[], bool]
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
+    pseudonyms: Pseudonyms = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pseudonyms = self.settings.pseudonyms()
 
     # -- plumbing shared by the views -------------------------------------------------
 
@@ -243,12 +250,25 @@ class Api:
 
     # -- actors and snapshots ------------------------------------------------------------
 
+    async def resolve_pseudonym(
+        self, request: Any, who: Principal, pseudonym: str
+    ) -> tuple[Any, int]:
+        """The platform's own account behind an offender's pseudonym (`platform:o_...`)."""
+        opened = self.pseudonyms.reveal(pseudonym)
+        if opened == pseudonym:
+            raise ApiError(
+                404,
+                "not an offender pseudonym of this deployment's key; victim (v_) and signal "
+                "(s_) pseudonyms are one-way and cannot be resolved",
+            )
+        return {"pseudonym": pseudonym, "account": opened}, 200
+
     async def get_actor(self, request: Any, who: Principal, actor_id: str) -> tuple[Any, int]:
         forwarded = await self._forward_to_owner(request, actor_id)
         if forwarded is not None:
             return forwarded
         for graph in self.graphs():
-            detail = snapshot.actor_detail(graph, actor_id)
+            detail = snapshot.actor_detail(graph, actor_id, self.pseudonyms.reveal)
             if detail is not None:
                 if "merged_into" not in detail:
                     detail["alerts"] = self.book.for_actor(actor_id)
@@ -380,6 +400,8 @@ class Api:
              self.get_actor_graph),
             ("/v1/graph/snapshot", "get", SNAPSHOTS, "snapshot", self.get_snapshot),
             ("/v1/internal/graph", "get", READ_ACTORS, "internal-graph", self.get_local_part),
+            ("/v1/pseudonyms/{pseudonym}", "get", RESOLVE_PSEUDONYMS, "resolve-pseudonym",
+             self.resolve_pseudonym),
         ]  # fmt: skip
         for path, method, roles, action, handler in routes:
             view = type(f"{action.title().replace('-', '')}View", (View,),

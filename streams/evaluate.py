@@ -131,6 +131,7 @@ def _delays(
             settings.rule(),
             settings.max_accounts_per_signal,
             settings.link_by_text,
+            pseudonyms=settings.pseudonyms(),
         )
         completing = len(reports) - 1
         for position, (_, raw, stream_watermark) in enumerate(reports):
@@ -188,7 +189,7 @@ def evaluate_with_broker(out: Path, settings: Settings, workdir: Path) -> dict[s
         subprocess.run([*cli, "push", str(out / "reports.jsonl")], env=env, check=True,
                        capture_output=True)  # fmt: skip
         valid = truth["lines"] - truth["malformed_lines"]
-        processed = _resolved(settings, valid, timeout=900)
+        processed = _resolved(settings, valid, out / "reports.jsonl", timeout=900)
         alerts = _settled_alerts(settings, cli, env)
         rejected = len(_read_all(settings, settings.rejected_topic))
     finally:
@@ -197,12 +198,20 @@ def evaluate_with_broker(out: Path, settings: Settings, workdir: Path) -> dict[s
     return score(truth, alerts, processed, rejected, settings)
 
 
-def _resolved(settings: Settings, count: int, timeout: float) -> list[bytes]:
-    """The valid reports in the order the resolver saw them: the identity topic, unpacked."""
+def _resolved(settings: Settings, count: int, pushed: Path, timeout: float) -> list[bytes]:
+    """The valid reports in the order the resolver saw them: the identity topic, unpacked.
+
+    The topic holds them pseudonymised, so each is looked up, by platform and report id, in
+    the file that was pushed, and given its input partition (`_p`) for the watermark."""
+    originals: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in pushed.read_bytes().splitlines():
+        report = parse_report(line)
+        if isinstance(report, Report):
+            originals.setdefault((report.platform, report.report_id), report.to_document())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         reports = [
-            orjson.dumps(Report.from_row(row).to_document() | {"_p": row[10]})
+            orjson.dumps(originals[(row[1], row[0])] | {"_p": row[10]})
             for pack in _read_all(settings, settings.identity_topic)
             for row in orjson.loads(pack)
         ]

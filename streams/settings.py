@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from graph.identity import Pseudonyms, pseudonym_key_for
 from graph.rules import CrossRegionRule
 
 __all__ = ["DEV_SECRET", "ENV_VARS", "Settings", "SettingsError"]
@@ -38,6 +39,8 @@ class Settings:
     # Topic names are `{namespace}.reports` and so on; the consumer group is the namespace.
     namespace: str = "linkwatch"
     secret: str = DEV_SECRET
+    # The key of the pseudonyms (graph/identity.py); unset, one is derived from `secret`.
+    pseudonym_key: str = ""
     max_accounts_per_signal: int = 20
     link_by_text: bool = False
     episode_hours: float = 12.0
@@ -77,6 +80,8 @@ class Settings:
             raise SettingsError(
                 "LINKWATCH_WEBHOOK_URLS needs LINKWATCH_WEBHOOK_SECRET to sign with"
             )
+        if self.pseudonym_key and len(self.pseudonym_key.encode("utf-8")) < 16:
+            raise SettingsError("LINKWATCH_PSEUDONYM_KEY must be at least 16 bytes")
         if self.webhook_attempts < 1:
             raise SettingsError("LINKWATCH_WEBHOOK_ATTEMPTS must be at least 1")
 
@@ -87,6 +92,11 @@ class Settings:
     @property
     def secret_bytes(self) -> bytes:
         return self.secret.encode("utf-8")
+
+    def pseudonyms(self) -> Pseudonyms:
+        if self.pseudonym_key:
+            return Pseudonyms(self.pseudonym_key.encode("utf-8"))
+        return Pseudonyms(pseudonym_key_for(self.secret_bytes))
 
     @property
     def reports_topic(self) -> str:
@@ -201,6 +211,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "window_days": ("LINKWATCH_WINDOW_DAYS", float),
     "namespace": ("LINKWATCH_NAMESPACE", str),
     "secret": ("LINKWATCH_SECRET", str),
+    "pseudonym_key": ("LINKWATCH_PSEUDONYM_KEY", str),
     "max_accounts_per_signal": ("LINKWATCH_MAX_ACCOUNTS_PER_SIGNAL", int),
     "link_by_text": ("LINKWATCH_LINK_BY_TEXT", bool),
     "episode_hours": ("LINKWATCH_EPISODE_HOURS", float),

@@ -5,18 +5,18 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from aiokafka.partitioner import DefaultPartitioner
-
 from graph.identity import actor_id_for
+from streams.kafka import actor_partition
 from tests.factories import encode, make_report
 from tests.integration.conftest import Deployment, Worker
 
 
 def partition_of(deployment: Deployment, account: str) -> int:
     settings = deployment.settings
-    actor = actor_id_for(f"chirp:{account}", settings.secret_bytes).encode()
-    partitions = list(range(settings.partitions))
-    return int(DefaultPartitioner()(actor, partitions, partitions))
+    token = settings.pseudonyms().offender(account)
+    return actor_partition(
+        actor_id_for(f"chirp:{token}", settings.secret_bytes), settings.partitions
+    )
 
 
 def accounts_on_distinct_partitions(deployment: Deployment, count: int) -> list[str]:
@@ -79,8 +79,10 @@ def test_a_bridging_report_merges_actors_from_other_partitions_and_survives_a_ki
     assert sorted(link["signal"] for link in alert["links"]) == ["email_hash", "phone_hash"]
     # The actor first seen by the resolver keeps its id; the two pushed together may arrive
     # in either order, since they sit on different partitions of the reports topic.
-    secret = deployment.settings.secret_bytes
-    assert alert["actor_id"] in {actor_id_for(f"chirp:{a}", secret) for a in (first, third)}
+    secret, pseudonyms = deployment.settings.secret_bytes, deployment.settings.pseudonyms()
+    assert alert["actor_id"] in {
+        actor_id_for(f"chirp:{pseudonyms.offender(a)}", secret) for a in (first, third)
+    }
     assert len(alert["merged_actor_ids"]) == 1
 
     worker.kill()

@@ -187,14 +187,16 @@ def test_snapshots_in_every_format_read_back_equal_to_the_live_graph(
         assert time.monotonic() < deadline, worker.metrics()
         time.sleep(0.2)
     # The graph the worker holds, rebuilt in-process from the same reports in the order its
-    # resolver saw them (the identity topic; packed, several reports a message).
+    # resolver saw them (the identity topic: packed rows, pseudonymised, several a message).
+    by_key = {(d["platform"], d["report_id"]): m for m in messages if (d := orjson.loads(m))}
     order = [
-        orjson.dumps(document)
+        by_key[(row[1], row[0])]
         for record in deployment.read(deployment.settings.identity_topic)
-        for document in orjson.loads(record.value)
+        for row in orjson.loads(record.value)
     ]
     live = Pipeline(deployment.settings.secret_bytes, deployment.settings.window_seconds,
-                    deployment.settings.rule())  # fmt: skip
+                    deployment.settings.rule(),
+                    pseudonyms=deployment.settings.pseudonyms())  # fmt: skip
     live.feed(order, now=0.0)
     levels = {alerts[0]["actor_id"]: max(a["level"] for a in alerts)}
     expected = to_networkx([live.partitions[0].graph], levels)

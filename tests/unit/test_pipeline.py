@@ -54,6 +54,6 @@ def test_each_linkage_shape_ends_as_one_actor_and_is_detected(tmp_path: Path, sh
     for person in people:
         accounts = truth["people"][person]["accounts"]
         assert len(accounts) >= 3
-        assert len({linkwatch.resolver.actor_of(account) for account in accounts}) == 1
+        assert len({linkwatch.actor_of(account) for account in accounts}) == 1
         assert any({person_of[a] for a in alert.accounts} == {person} for alert in alerts)
     assert all(len({person_of[a] for a in alert.accounts}) == 1 for alert in alerts)

@@ -10,7 +10,9 @@ import pytest
 
 from graph.aliases import AliasResolver
 from graph.contract import Report, parse_report
+from graph.identity import Pseudonyms, pseudonym_key_for
 from graph.pipeline import Pipeline
+from graph.privacy import pseudonymise
 from graph.records import PartitionGraph, partition_of, resolution_records
 from graph.rules import CrossRegionRule
 from graph.window import RollingGraph
@@ -25,8 +27,12 @@ def distributed(
 ) -> list[tuple[str, tuple[str, ...]]]:
     """Run the protocol with one queue per partition, served in a random order."""
     rng = random.Random(seed)
-    resolver = AliasResolver(SECRET)
-    graphs = [PartitionGraph(RollingGraph(WINDOW, CrossRegionRule())) for _ in range(partitions)]
+    resolver = AliasResolver(SECRET, window_seconds=WINDOW)
+    pseudonyms = Pseudonyms(pseudonym_key_for(SECRET))  # as the Pipeline it is compared with
+    graphs = [
+        PartitionGraph(RollingGraph(WINDOW, CrossRegionRule(), pseudonyms.reveal))
+        for _ in range(partitions)
+    ]
     queues: list[deque[tuple[str, dict[str, object]]]] = [deque() for _ in range(partitions)]
     alerts = []
 
@@ -43,6 +49,7 @@ def distributed(
         report = parse_report(raw)
         if not isinstance(report, Report):
             continue
+        report = pseudonymise(report, pseudonyms)
         resolution = resolver.resolve(report)
         for key, record in resolution_records(resolution, report.to_row()):
             queues[partition_of(key, partitions)].append((key, record))
