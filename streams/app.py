@@ -68,6 +68,9 @@ def build_app(
         broker_rebalance_timeout=SESSION_TIMEOUT,
         stream_recovery_delay=0.0,
         producer_acks=-1,
+        # Deliberately at-least-once: exactly-once needs broker transactions, which the
+        # embedded broker lacks; linkwatch is idempotent instead (README, "Reliability").
+        processing_guarantee="at_least_once",
         # Each fetched batch is one event (streams/transport.py): a few in flight per agent
         # are plenty, and a small buffer is what makes backpressure reach the fetcher.
         broker_max_poll_records=MAX_POLL_RECORDS,
@@ -75,6 +78,7 @@ def build_app(
         producer_max_batch_size=1024 * 1024,
         producer_linger_ms=5,
     )
+    app.idempotent_producer = settings.idempotent_producer
     metrics = Metrics()
 
     async def send(*args: Any) -> Any:

@@ -41,6 +41,9 @@ class Settings:
     secret: str = DEV_SECRET
     # The key of the pseudonyms (graph/identity.py); unset, one is derived from `secret`.
     pseudonym_key: str = ""
+    # acks=all and idempotence for the worker's producer (streams/transport.py): on with
+    # Apache Kafka; the embedded broker (Tansu) cannot do it.
+    idempotent_producer: bool = False
     max_accounts_per_signal: int = 20
     link_by_text: bool = False
     episode_hours: float = 12.0
@@ -212,6 +215,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "namespace": ("LINKWATCH_NAMESPACE", str),
     "secret": ("LINKWATCH_SECRET", str),
     "pseudonym_key": ("LINKWATCH_PSEUDONYM_KEY", str),
+    "idempotent_producer": ("LINKWATCH_IDEMPOTENT_PRODUCER", bool),
     "max_accounts_per_signal": ("LINKWATCH_MAX_ACCOUNTS_PER_SIGNAL", int),
     "link_by_text": ("LINKWATCH_LINK_BY_TEXT", bool),
     "episode_hours": ("LINKWATCH_EPISODE_HOURS", float),

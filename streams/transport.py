@@ -90,8 +90,29 @@ class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
+class _IdempotentProducer(faust_aiokafka.Producer):
+    """acks=all with idempotence (`LINKWATCH_IDEMPOTENT_PRODUCER`, for Apache Kafka): a
+    retried send is not written twice. Faust turns it on only for exactly-once processing,
+    and aiokafka's idempotent producer needs InitProducerId, which the embedded broker
+    (Tansu) rejects; so it is a setting, on in deploy/, off by default."""
+
+    def _settings_extra(self) -> Any:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class _IdempotentTransport(faust_aiokafka.Transport):
+    Producer = _IdempotentProducer
+
+
 class LinkwatchApp(faust.App):
     """faust.App on the transport above (only `kafka://` URLs are used by linkwatch)."""
 
+    idempotent_producer = False
+
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+    def _new_producer_transport(self) -> Any:
+        if self.idempotent_producer:
+            return _IdempotentTransport(self.conf.broker_producer, self)
+        return super()._new_producer_transport()

@@ -36,7 +36,7 @@ WEB_PORT = 6066
 REQUIRED_SECRETS = ("LINKWATCH_SECRET", "LINKWATCH_PSEUDONYM_KEY", "GRAFANA_ADMIN_PASSWORD")
 SECRET_VARIABLES = ("LINKWATCH_SECRET", "LINKWATCH_PSEUDONYM_KEY", "LINKWATCH_WEBHOOK_SECRET")
 # Settings the deployment already sets while they are being added to streams/settings.py.
-PENDING_SETTINGS = frozenset({"LINKWATCH_IDEMPOTENT_PRODUCER", "LINKWATCH_PSEUDONYM_KEY"})
+PENDING_SETTINGS: frozenset[str] = frozenset()
 KNOWN_SETTINGS = frozenset(variable for variable, _ in ENV_VARS.values()) | PENDING_SETTINGS
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})
