@@ -19,7 +19,7 @@ import orjson
 from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send, packs
 from graph.aliases import AliasResolver
 from graph.contract import Report
-from graph.records import resolution_records
+from graph.records import erasure_records, resolution_records
 from graph.watermark import LowWatermark
 from streams.kafka import actor_partition
 from streams.metrics import Metrics
@@ -63,7 +63,8 @@ class ResolveStage:
         resolver = state.resolver
         try:
             rows = orjson.loads(message.value or b"")
-            reports = [(row, Report.from_row(row)) for row in rows]
+            # A row is a report; an object is an erasure (`linkwatch erase`).
+            reports = [(row, row if type(row) is dict else Report.from_row(row)) for row in rows]
         except (orjson.JSONDecodeError, TypeError, ValueError):
             log.error("skipped an unreadable batch on %s", self.settings.identity_topic)
             self.metrics.internal_errors.inc()
@@ -72,6 +73,10 @@ class ResolveStage:
         by_partition: dict[int, list[list[Any]]] = {}
         deliveries = []
         for row, report in reports:
+            if not isinstance(report, Report):
+                for target, key, record in self._erase(resolver, row, replaying):
+                    by_partition.setdefault(target, []).append([key, record])
+                continue
             stamp = state.watermark.observe(row[10] if len(row) > 10 else 0, report.event_time)
             resolution = resolver.resolve(report, stamp)
             if replaying:
@@ -97,6 +102,24 @@ class ResolveStage:
                                timestamp / 1000.0 if timestamp else None, None)
                 )  # fmt: skip
         return deliveries
+
+
+    def _erase(
+        self, resolver: AliasResolver, entry: dict[str, Any], replaying: bool
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        """An erasure: the resolver forgets the account; records tell the graphs."""
+        try:
+            erasure = entry["erase"]
+            offender, victim = str(erasure["offender"]), str(erasure["victim"])
+        except (KeyError, TypeError):
+            log.error("skipped an unreadable erasure on %s", self.settings.identity_topic)
+            self.metrics.internal_errors.inc()
+            return []
+        actor_id = resolver.erase(offender)
+        if replaying:
+            return []
+        log.info("erasure applied (actor %s)", actor_id or "none: not an offender here")
+        return erasure_records(actor_id, offender, victim, self.settings.partitions)
 
 
 def make_resolve_agent(stage: ResolveStage) -> Callable[[Any], Awaitable[None]]:

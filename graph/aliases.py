@@ -292,6 +292,36 @@ class AliasResolver:
         passed = [bucket for bucket in due if bucket < below]
         return [due.pop(bucket) for bucket in sorted(passed)]
 
+    def erase(self, account: str) -> str | None:
+        """Remove one offender account (erasure): the actor it belonged to, or None if it
+        was not known. The actor's other accounts stay one actor, under the same id; the
+        signal values it used forget it. Costs a scan of the values: erasure is rare."""
+        if account not in self._parent:
+            return None
+        root = self._find(account)
+        actor_id = self._actor_ids[root]
+        rest = [member for member in (root, *self._members.pop(root, ())) if member != account]
+        del self._parent[account]
+        founder, seen = self._founder.pop(root), self._seen.pop(root)
+        del self._actor_ids[root]
+        if rest:  # the first remaining account is the root now, with the actor's identity
+            new_root = rest[0]
+            for member in rest:
+                self._parent[member] = new_root
+            self._founder[new_root], self._seen[new_root] = founder, seen
+            self._actor_ids[new_root] = actor_id
+            if rest[1:]:
+                self._members[new_root] = rest[1:]
+            self._file(self._roots_due, new_root, seen)
+        for key in list(self._values):
+            known = self._values[key]
+            if known.accounts.pop(account, None) is not None and not known.accounts:
+                del self._values[key]
+        for bucket in self._roots_due.values():
+            if account in bucket:
+                bucket[:] = [root for root in bucket if root != account]
+        return actor_id
+
     def _forget(self, root: str) -> None:
         """Forget an actor whose every account's last report has left the window."""
         for account in (root, *self._members.pop(root, ())):

@@ -13,6 +13,7 @@ import orjson
 __all__ = [
     "CATEGORIES",
     "MAX_MESSAGE_BYTES",
+    "PLATFORM_PATTERN",
     "REJECTION_REASONS",
     "SIGNAL_KEYS",
     "Rejection",
@@ -44,7 +45,7 @@ REJECTION_REASONS = (
     "unknown_category",
 )
 
-_PLATFORM = re.compile(r"[a-z0-9_.-]{1,64}")
+PLATFORM_PATTERN = _PLATFORM = re.compile(r"[a-z0-9_.-]{1,64}")
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
 )

@@ -16,7 +16,7 @@ from graph.aliases import AliasResolver, Hub
 from graph.contract import Rejection, parse_report
 from graph.identity import Pseudonyms, pseudonym_key_for
 from graph.privacy import pseudonymise
-from graph.records import PartitionGraph, partition_of, resolution_records
+from graph.records import PartitionGraph, erasure_records, partition_of, resolution_records
 from graph.rules import Alert, CrossRegionRule
 from graph.window import RollingGraph
 
@@ -57,6 +57,16 @@ class Pipeline:
         """The actor id of an offender account given as the platform names it."""
         platform, _, account = account_key.partition(":")
         return self.resolver.actor_of(f"{platform}:{self.pseudonyms.offender(account)}")
+
+    def erase(self, platform: str, account: str) -> None:
+        """`linkwatch erase`, in process: as the resolve and graph agents apply it."""
+        offender = f"{platform}:{self.pseudonyms.offender(account)}"
+        victim = f"{platform}:{self.pseudonyms.victim(platform, account)}"
+        actor_id = self.resolver.erase(offender)
+        for partition, key, record in erasure_records(
+            actor_id, offender, victim, len(self.partitions)
+        ):
+            self.partitions[partition].handle(key, record, 0.0)
 
     def feed(
         self, messages: Iterable[bytes], now: float | None = None, watermark: float | None = None

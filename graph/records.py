@@ -30,7 +30,18 @@ from graph.contract import Report
 from graph.rules import Alert
 from graph.window import Outcome, RollingGraph
 
-__all__ = ["Handled", "InvalidRecord", "PartitionGraph", "partition_of", "resolution_records"]
+__all__ = [
+    "EVERY_ACTOR",
+    "Handled",
+    "InvalidRecord",
+    "PartitionGraph",
+    "erasure_records",
+    "partition_of",
+    "resolution_records",
+]
+
+# The key of a record meant for every actor of a partition (a victim's erasure).
+EVERY_ACTOR = "*"
 
 Record = dict[str, Any]
 
@@ -51,6 +62,19 @@ def resolution_records(resolution: Resolution, row: list[Any]) -> list[tuple[str
     links = [link.to_dict() for link in resolution.links]
     report_record = {"kind": "report", "report": row, "links": links, "watermark": stamp}
     records.append((resolution.actor_id, report_record))
+    return records
+
+
+def erasure_records(
+    actor_id: str | None, offender: str, victim: str, partitions: int
+) -> list[tuple[int, str, Record]]:
+    """(partition, key, record) for one person's erasure: their reports as an offender
+    leave their actor, and as a victim every partition's actors forget them."""
+    records: list[tuple[int, str, Record]] = []
+    if actor_id is not None:
+        records.append((partition_of(actor_id, partitions), actor_id,
+                        {"kind": "erase", "offender": offender}))  # fmt: skip
+    records += [(p, EVERY_ACTOR, {"kind": "erase", "victim": victim}) for p in range(partitions)]
     return records
 
 
@@ -97,7 +121,9 @@ class PartitionGraph:
         kind = record.get("kind")
         if kind == "absorb":
             return self._arrive(record, now)
-        if kind not in ("report", "merge", "await"):
+        if kind == "erase" and key == EVERY_ACTOR:
+            return self._erase_everywhere(record)
+        if kind not in ("report", "merge", "await", "erase"):
             raise InvalidRecord(f"unknown record kind {kind!r}")
         actor = str(record["from"]) if kind == "merge" else key
         if kind == "await" and (actor, str(record["from"])) in self._early:
@@ -144,9 +170,21 @@ class PartitionGraph:
         del self._holds[actor]
         return handled
 
+    def _erase_everywhere(self, record: Record) -> Handled:
+        """A victim's erasure: every actor of this partition forgets them; a held actor
+        when its turn comes, after the records that were before the erasure."""
+        victim = str(record["victim"])
+        for hold in self._holds.values():
+            hold.records.append({"kind": "erase", "victim": victim})
+        self.graph.erase_victim(victim, skip=self._holds)
+        return Handled()
+
     def _apply(self, actor: str, record: Record, now: float) -> Handled:
         if record["kind"] == "merge":
             return self._merge(record)
+        if record["kind"] == "erase":
+            self.graph.erase(actor, record.get("offender"), record.get("victim"))
+            return Handled()
         try:
             report = Report.from_row(record["report"])
         except (KeyError, TypeError, ValueError) as error:

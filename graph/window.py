@@ -241,6 +241,15 @@ class Actor:
             self._openers = {}
         self._openers.setdefault(opener, set()).update(accounts)
 
+    def forget_account(self, account: str) -> None:
+        """Erasure: the links and openers that name this account go."""
+        if self._links is not None:
+            self._links = {link: None for link in self._links if account not in link.accounts}
+        for opener, accounts in list((self._openers or {}).items()):
+            accounts.discard(account)
+            if not accounts and self._openers is not None:
+                del self._openers[opener]
+
     def add_merged(self, actor_ids: Iterable[str]) -> None:
         if self._merged is None:
             self._merged = set()
@@ -386,6 +395,35 @@ class RollingGraph:
         if edge.first_seen != first_seen:
             actor.timeline = None
         return Applied(Outcome.ACCEPTED, self._check(actor, now))
+
+    def erase(self, actor_id: str, offender: str | None, victim: str | None) -> None:
+        """Erasure: the actor's edges made by account `offender` (whole edges, even when
+        another account of the actor reported the same victim) or with `victim`."""
+        actor = self._actors.get(actor_id)
+        if actor is None:
+            return
+        gone = [
+            key
+            for key, edge in actor.edges.items()
+            if key == victim or (offender is not None and _has(edge._accounts, offender))
+        ]
+        for key in gone:
+            del actor.edges[key]
+        self.live_edges -= len(gone)
+        if offender is not None:
+            actor.forget_account(offender)
+        actor.timeline = None
+        if not actor.edges:
+            del self._actors[actor_id]
+
+    def erase_victim(self, victim: str, skip: Container[str] = frozenset()) -> None:
+        """Erasure of a victim from every actor here (but those in `skip`)."""
+        for actor_id in [
+            actor_id
+            for actor_id, actor in self._actors.items()
+            if victim in actor.edges and actor_id not in skip
+        ]:
+            self.erase(actor_id, None, victim)
 
     def detach(
         self, absorbed: str, into: str, watermark: float | None = None

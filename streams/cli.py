@@ -167,6 +167,19 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.set_defaults(command=_keys_revoke)
 
+    erase = commands.add_parser(
+        "erase",
+        parents=[common],
+        help="erase one person's data from the graph, the alias state and snapshots",
+        description="Removes an account's reports as an offender and as a victim from every "
+        "worker's graph and alias state, by a record on the identity topic that every "
+        "rebuild replays too. The reports topic (the intake) keeps what was sent until its "
+        "retention; alerts already raised are not rewritten.",
+    )
+    erase.add_argument("--platform", required=True)
+    erase.add_argument("--account", required=True, help="the account as the platform names it")
+    erase.set_defaults(command=_erase)
+
     snap = commands.add_parser("snapshot", help="download a graph snapshot through the API")
     snap.add_argument("--format", default="json", choices=["json", "graphml", "gexf"])
     snap.add_argument("-o", "--output", type=Path, required=True)
@@ -421,7 +434,28 @@ def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish(settings: Settings, topic: str, record: dict[str, Any]) -> None:
+def _erase(settings: Settings, args: argparse.Namespace) -> int:
+    from graph.contract import PLATFORM_PATTERN
+
+    if not PLATFORM_PATTERN.fullmatch(args.platform) or not 0 < len(args.account) <= 256:
+        print("linkwatch: --platform must be a platform name (a-z, 0-9, _ . -) and "
+              "--account 1 to 256 characters", file=sys.stderr)  # fmt: skip
+        return 2
+    pseudonyms = settings.pseudonyms()
+    offender = f"{args.platform}:{pseudonyms.offender(args.account)}"
+    victim = f"{args.platform}:{pseudonyms.victim(args.platform, args.account)}"
+    erasure = {"erase": {"offender": offender, "victim": victim}}
+    # A pack of one entry on the identity topic: the resolver applies it in stream order.
+    _publish(settings, settings.identity_topic, [erasure])
+    _publish(settings, settings.audit_topic, {
+        "at": time.time(), "key_id": None, "name": "linkwatch erase", "role": "admin",
+        "action": "erase", "target": f"{offender} {victim}", "status": 202, "worker": None,
+    })  # fmt: skip
+    print(f"erasure queued for {offender} (as an offender) and {victim} (as a victim)")
+    return 0
+
+
+def _publish(settings: Settings, topic: str, record: Any) -> None:
     from kafka import KafkaProducer
 
     from streams.kafka import create_topics

@@ -82,3 +82,42 @@ def test_alerts_carry_the_platforms_own_accounts() -> None:
         .alerts
     )
     assert alerts and alerts[0].accounts == ("chirp:tom.ashby.photo",)
+
+
+def _everything(pipeline: Pipeline) -> str:
+    """Every identifier the pipeline's state holds, as text."""
+    state = [
+        (actor.actor_id, actor.to_dict())
+        for partition in pipeline.partitions
+        for actor in partition.graph.actors()
+    ]
+    return repr(state) + repr(
+        vars(pipeline.resolver)
+        if hasattr(pipeline.resolver, "__dict__")
+        else [getattr(pipeline.resolver, s) for s in dir(pipeline.resolver)]
+    )
+
+
+def test_erasure_removes_an_offender_and_a_victim_from_graph_and_alias_state() -> None:
+    pipeline = Pipeline(b"secret", 365 * 86400.0, CrossRegionRule(), partitions=4)
+    lines = [
+        *serial_case("tom.ashby.photo"),
+        encode(make_report("someone-else", "victim-1", "kent", signals={"device_id": "d9"})),
+        encode(make_report("tom.alias", "x-1", "devon", signals={"device_id": "d9"})),
+    ]
+    pipeline.feed(lines, now=0.0)
+    pseudonyms = pipeline.pseudonyms
+    token, victim = pseudonyms.offender("tom.ashby.photo"), pseudonyms.victim("chirp", "victim-1")
+    assert token in _everything(pipeline) and victim in _everything(pipeline)
+    survivor = pipeline.actor_of("chirp:tom.alias")
+
+    pipeline.erase("chirp", "tom.ashby.photo")
+    pipeline.erase("chirp", "victim-1")
+    state = _everything(pipeline)
+    assert token not in state and victim not in state
+    # Accounts linked to each other, not through the erased one, are still one actor.
+    assert pipeline.actor_of("chirp:tom.alias") == pipeline.actor_of("chirp:someone-else")
+    assert pipeline.actor_of("chirp:tom.alias") == survivor
+    # The erased account reporting again starts over, as a new actor.
+    again = pipeline.feed(serial_case("tom.ashby.photo"), now=0.0)
+    assert again.outcomes["accepted"] == 3
