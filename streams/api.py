@@ -24,7 +24,7 @@ from graph.rules import format_time
 from graph.window import RollingGraph
 from streams.journal import IntakeJournal
 from streams.kafka import actor_partition
-from streams.keys import KeyRing, Principal
+from streams.keys import KeyRing, Principal, RateLimit
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.shared import Directory
@@ -75,9 +75,11 @@ class Api:
     ready: Callable[[], bool]
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
     pseudonyms: Pseudonyms = field(init=False)
+    limit: RateLimit = field(init=False)
 
     def __post_init__(self) -> None:
         self.pseudonyms = self.settings.pseudonyms()
+        self.limit = RateLimit(self.settings.api_rate)
 
     # -- plumbing shared by the views -------------------------------------------------
 
@@ -93,6 +95,13 @@ class Api:
             raise ApiError(401, "unknown or revoked API key")
         if principal.role not in roles:
             raise ApiError(403, f"the {principal.role} role may not call this endpoint")
+        wait = self.limit.wait(principal.key_id, time.monotonic())
+        if wait > 0:
+            raise ApiError(
+                429,
+                f"over {self.settings.api_rate:g} requests a second for this key; retry later",
+                retry_after_s=round(wait, 3),
+            )
         return principal
 
     def respond(self, view: View, body: Any, status: int = 200) -> Any:
@@ -127,6 +136,10 @@ class Api:
                 self.metrics.api.labels(endpoint=action, status=str(status)).inc()
                 if who is not None and action != "whoami":
                     await self.audit(who, f"{request.method} {action}", request.path_qs, status)
+                if status == 429:
+                    retry = str(max(1, round(body.get("retry_after_s", 1))))
+                    return view.bytes(orjson.dumps(body), content_type="application/json",
+                                      status=status, headers={"Retry-After": retry})  # fmt: skip
                 if isinstance(body, _Raw):
                     return view.bytes(body.data, content_type=body.content_type, status=status,
                                       headers=body.headers)  # fmt: skip

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ROLES", "KeyRing", "Principal", "mint_key"]
+__all__ = ["ROLES", "KeyRing", "Principal", "RateLimit", "mint_key"]
 
 ROLES = ("platform", "responder", "analyst", "admin")
 _PREFIX = "lw_"
@@ -84,3 +84,26 @@ class KeyRing:
         if record.get("revoked_at") is not None:
             return None
         return Principal(key_id, str(record["role"]), record.get("platform"), record.get("name"))
+
+
+class RateLimit:
+    """Requests per key: a token bucket of `burst` requests refilled at `rate` per second.
+
+    Per worker: with N workers behind a load balancer a key gets up to N times the rate."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, 2 * rate)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+
+    def wait(self, key_id: str, now: float) -> float:
+        """0 when the request may go ahead (and is counted); else seconds until it may."""
+        tokens, when = self._buckets.get(key_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - when) * self.rate)
+        if tokens >= 1:
+            self._buckets[key_id] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key_id] = (tokens, now)
+        return (1 - tokens) / self.rate

@@ -44,6 +44,8 @@ class Settings:
     # acks=all and idempotence for the worker's producer (streams/transport.py): on with
     # Apache Kafka; the embedded broker (Tansu) cannot do it.
     idempotent_producer: bool = False
+    # Requests a second per API key and worker (a burst of twice that is allowed).
+    api_rate: float = 50.0
     max_accounts_per_signal: int = 20
     link_by_text: bool = False
     episode_hours: float = 12.0
@@ -85,6 +87,8 @@ class Settings:
             )
         if self.pseudonym_key and len(self.pseudonym_key.encode("utf-8")) < 16:
             raise SettingsError("LINKWATCH_PSEUDONYM_KEY must be at least 16 bytes")
+        if self.api_rate <= 0:
+            raise SettingsError("LINKWATCH_API_RATE must be positive")
         if self.webhook_attempts < 1:
             raise SettingsError("LINKWATCH_WEBHOOK_ATTEMPTS must be at least 1")
 
@@ -216,6 +220,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "secret": ("LINKWATCH_SECRET", str),
     "pseudonym_key": ("LINKWATCH_PSEUDONYM_KEY", str),
     "idempotent_producer": ("LINKWATCH_IDEMPOTENT_PRODUCER", bool),
+    "api_rate": ("LINKWATCH_API_RATE", float),
     "max_accounts_per_signal": ("LINKWATCH_MAX_ACCOUNTS_PER_SIGNAL", int),
     "link_by_text": ("LINKWATCH_LINK_BY_TEXT", bool),
     "episode_hours": ("LINKWATCH_EPISODE_HOURS", float),

@@ -240,3 +240,18 @@ def _same(got: nx.Graph, expected: nx.DiGraph) -> bool:
         if {k: got.edges[u, v].get(k) for k in data} != data:
             return False
     return True
+
+
+def test_a_key_over_its_rate_is_refused_with_429_and_other_keys_are_not(
+    deployment: Deployment,
+) -> None:
+    worker = deployment.worker(LINKWATCH_API_RATE="1")
+    worker.wait_ready()
+    key, other = deployment.key("responder"), deployment.key("analyst")
+    answers = [worker.http("GET", "/v1/whoami", key) for _ in range(20)]
+    statuses = [status for status, _ in answers]
+    assert statuses[:2] == [200, 200]  # a burst of twice the rate
+    assert 429 in statuses
+    refused = next(body for status, body in answers if status == 429)
+    assert refused["retry_after_s"] > 0 and "requests a second" in refused["error"]
+    assert worker.http("GET", "/v1/whoami", other)[0] == 200  # the limit is per key

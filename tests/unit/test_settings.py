@@ -71,3 +71,16 @@ def test_min_isr_reaches_every_topic_and_retention_is_kept() -> None:
     assert set(configs) == set(settings.topics)
     assert {c["min.insync.replicas"] for c in configs.values()} == {"2"}
     assert configs[settings.alerts_topic]["retention.ms"] == "-1"
+
+
+def test_the_rate_limit_refills_at_its_rate_and_caps_at_its_burst() -> None:
+    from streams.keys import RateLimit
+
+    limit = RateLimit(rate=2.0)
+    assert [limit.wait("k", 0.0) for _ in range(4)] == [0.0, 0.0, 0.0, 0.0]  # burst of 4
+    assert limit.wait("k", 0.0) == pytest.approx(0.5)
+    assert limit.wait("other", 0.0) == 0.0
+    assert limit.wait("k", 0.5) == 0.0  # one token back after half a second
+    assert limit.wait("k", 100.0) == 0.0  # a long pause refills to the burst, not beyond
+    assert [limit.wait("k", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limit.wait("k", 100.0) > 0
