@@ -48,9 +48,8 @@ class Pseudonyms:
         if len(key) < 16:
             raise ValueError("the pseudonym key must be at least 16 bytes")
 
-        def derive(label: bytes) -> hmac.HMAC:
-            # A keyed HMAC per purpose; `copy()` of it skips the key schedule per value.
-            return hmac.new(hmac.digest(key, label, "sha256"), digestmod=hashlib.sha256)
+        def derive(label: bytes) -> _Hmac:
+            return _Hmac(hmac.digest(key, label, "sha256"))
 
         self._victim = derive(b"linkwatch victim")
         self._signal = derive(b"linkwatch signal")
@@ -59,15 +58,21 @@ class Pseudonyms:
         # Offenders and signal values repeat (one actor files many reports): cache them.
         self._offenders: dict[str, str] = {}
         self._signals: dict[str, str] = {}
+        self._victims: dict[str, str] = {}
 
     def victim(self, platform: str, account: str) -> str:
-        return "v_" + _hmac_hex(self._victim, f"{platform}:{account}")
+        key = f"{platform}:{account}"
+        known = self._victims.get(key)
+        if known is None:
+            known = "v_" + self._victim.hex(key.encode("utf-8"))[:20]
+            _remember(self._victims, key, known)
+        return known
 
     def signal(self, name: str, value: str) -> str:
         key = f"{name}:{value}"
         known = self._signals.get(key)
         if known is None:
-            known = "s_" + _hmac_hex(self._signal, key)
+            known = "s_" + self._signal.hex(key.encode("utf-8"))[:20]
             _remember(self._signals, key, known)
         return known
 
@@ -76,9 +81,7 @@ class Pseudonyms:
         known = self._offenders.get(account)
         if known is None:
             plain = account.encode("utf-8")
-            mac = self._mac.copy()
-            mac.update(plain)
-            tag = mac.digest()[:_TAG_BYTES]
+            tag = self._mac.digest(plain)[:_TAG_BYTES]
             sealed = tag + _xor(plain, self._keystream(tag, len(plain)))
             known = "o_" + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
             _remember(self._offenders, account, known)
@@ -95,9 +98,9 @@ class Pseudonyms:
             return None
         tag, cipher = sealed[:_TAG_BYTES], sealed[_TAG_BYTES:]
         plain = _xor(cipher, self._keystream(tag, len(cipher)))
-        mac = self._mac.copy()
-        mac.update(plain)
-        if len(tag) != _TAG_BYTES or not hmac.compare_digest(mac.digest()[:_TAG_BYTES], tag):
+        if len(tag) != _TAG_BYTES or not hmac.compare_digest(
+            self._mac.digest(plain)[:_TAG_BYTES], tag
+        ):
             return None
         try:
             return plain.decode("utf-8")
@@ -111,18 +114,33 @@ class Pseudonyms:
         return key if account is None else f"{platform}:{account}"
 
     def _keystream(self, tag: bytes, size: int) -> bytes:
-        blocks = []
-        for number in range(-(-size // _BLOCK)):
-            block = self._encrypt.copy()
-            block.update(tag + number.to_bytes(4, "big"))
-            blocks.append(block.digest())
+        blocks = [
+            self._encrypt.digest(tag + number.to_bytes(4, "big"))
+            for number in range(-(-size // _BLOCK))
+        ]
         return b"".join(blocks)[:size]
 
 
-def _hmac_hex(base: hmac.HMAC, value: str) -> str:
-    mac = base.copy()
-    mac.update(value.encode("utf-8"))
-    return mac.hexdigest()[:20]
+class _Hmac:
+    """HMAC-SHA256 with one key: the padded key's hash states are made once and copied
+    per message (RFC 2104), a third cheaper per value than `hmac.new(...).copy()`."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        block = key.ljust(64, b"\0")  # keys here are 32 bytes: no hashing of long keys
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def hex(self, message: bytes) -> str:
+        return self.digest(message).hex()
 
 
 def _xor(data: bytes, stream: bytes) -> bytes:

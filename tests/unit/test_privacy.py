@@ -121,3 +121,12 @@ def test_erasure_removes_an_offender_and_a_victim_from_graph_and_alias_state() -
     # The erased account reporting again starts over, as a new actor.
     again = pipeline.feed(serial_case("tom.ashby.photo"), now=0.0)
     assert again.outcomes["accepted"] == 3
+
+
+def test_the_pseudonyms_are_hmac_sha256() -> None:
+    import hmac
+
+    pseudonyms = Pseudonyms(KEY)
+    victim_key = hmac.digest(KEY, b"linkwatch victim", "sha256")
+    expected = hmac.new(victim_key, b"chirp:ellie", hashlib.sha256).hexdigest()[:20]
+    assert pseudonyms.victim("chirp", "ellie") == f"v_{expected}"
