@@ -19,6 +19,7 @@ from agents.resolve import ResolveStage, make_resolve_agent
 from agents.webhooks import make_webhooks
 from graph.contract import partition_key
 from graph.lifecycle import AlertBook
+from streams import memory
 from streams.api import Api
 from streams.journal import IntakeJournal
 from streams.kafka import partition_count, read_partitions
@@ -149,6 +150,11 @@ def build_app(
         journal.prune(time.time() - settings.window_seconds)
 
     app.timer(ANNOUNCE_EVERY)(announce)
+
+    async def freeze_survivors() -> None:
+        memory.freeze()
+
+    app.timer(memory.FREEZE_EVERY)(freeze_survivors)
     app.timer(3600.0)(prune_journal)
 
     if settings.webhooks:

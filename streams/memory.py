@@ -13,11 +13,16 @@ after, for the same run, at the same speed. So the worker runs that way.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 from typing import Any
 
-__all__ = ["release", "use_system_allocator"]
+__all__ = ["FREEZE_EVERY", "freeze", "release", "use_system_allocator"]
+
+# How often (seconds) the worker moves the objects that survived so far out of the cyclic
+# garbage collector's sight (see `freeze`).
+FREEZE_EVERY = 10.0
 
 _trim: Any
 try:
@@ -41,3 +46,15 @@ def release() -> None:
     """Give free heap pages back to the operating system (glibc only; else a no-op)."""
     if _trim is not None:
         _trim(0)
+
+
+def freeze() -> None:
+    """Move every object the cyclic collector tracks into its permanent generation.
+
+    The graph is millions of long-lived objects, and a full collection walks them all:
+    measured 450 ms at 500,000 edges (1.26M objects), ten times per 500,000 reports, so it
+    was the worker's p99 latency and a few percent of its time. Frozen objects are still
+    freed the usual way when their last reference goes (the graph has no reference
+    cycles), so expiry still returns them; only cyclic garbage that was alive at a freeze
+    is never collected, and the worker makes little of it."""
+    gc.freeze()

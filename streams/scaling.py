@@ -27,7 +27,7 @@ from graph.contract import Report
 from graph.records import PartitionGraph, partition_of, resolution_records
 from graph.rules import CrossRegionRule
 from graph.window import RollingGraph
-from streams.memory import release
+from streams.memory import freeze, release
 
 __all__ = ["measure"]
 
@@ -87,6 +87,8 @@ def measure(checkpoints: list[int]) -> dict[str, Any]:
             handled = graphs[partition_of(key, PARTITIONS)].handle(key, record, 0.0)
             alerts += len(handled.alerts)
             queue += handled.sends
+        if fed % 50_000 == 0:
+            freeze()  # as the worker does every 10 s (streams/memory.py)
         if fed in checkpoints:
             elapsed = time.perf_counter() - started
             _release()
