@@ -109,6 +109,13 @@ class PartitionedState(Generic[S]):
         part.position = message.offset + 1
         return await self._apply(partition, part.state, message, False)
 
+    async def rebuild(self, partition: int, committed: int) -> None:
+        """Rebuild an owned partition's state up to its committed offset now, not at its
+        next live message: a quiet partition is still read by snapshots and actor queries.
+        The live path starts at `committed` too, and the partition's lock orders the two."""
+        if partition in self.owned:
+            await self._catch_up(partition, committed)
+
     async def _catch_up(self, partition: int, offset: int) -> _Partition[S]:
         lock = self._locks.setdefault(partition, asyncio.Lock())
         async with lock:

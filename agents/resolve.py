@@ -103,7 +103,6 @@ class ResolveStage:
                 )  # fmt: skip
         return deliveries
 
-
     def _erase(
         self, resolver: AliasResolver, entry: dict[str, Any], replaying: bool
     ) -> list[tuple[int, str, dict[str, Any]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -10,6 +12,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import CrashingSupervisor
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -22,7 +25,7 @@ from graph.lifecycle import AlertBook
 from streams import memory
 from streams.api import Api
 from streams.journal import IntakeJournal
-from streams.kafka import partition_count, read_partitions
+from streams.kafka import create_topics, partition_count, read_partitions
 from streams.keys import KeyRing
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -30,6 +33,8 @@ from streams.shared import Directory, Followed
 from streams.transport import LinkwatchApp
 
 __all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
 
 ANNOUNCE_EVERY = 3.0
 MAX_POLL_RECORDS = 2000
@@ -109,7 +114,48 @@ def build_app(
         for state in stateful:
             state.revoke(tp.partition for tp in args[0] if tp.topic == state.topic)
 
+    rebuilds: set[asyncio.Future[None]] = set()
+
+    async def rebuild_graphs(partitions: list[int]) -> None:
+        """Rebuild assigned graph partitions now. A rebalance dropped their state, and a
+        partition that receives nothing new would stay empty for snapshots and actors."""
+        offsets = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap,
+            group_id=settings.namespace,  # Faust's consumer group is the app id
+            enable_auto_commit=False,
+        )
+        try:
+            await offsets.start()
+            for partition in partitions:
+                tp = TopicPartition(settings.actor_reports_topic, partition)
+                await graph.partitions.rebuild(partition, await offsets.committed(tp) or 0)
+        except Exception:
+            log.exception("rebuilding graph partitions %s failed", partitions)
+        finally:
+            await offsets.stop()
+
+    def rebuild_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        topic = settings.actor_reports_topic
+        partitions = sorted(tp.partition for tp in args[0] if tp.topic == topic)
+        if partitions:
+            future = asyncio.ensure_future(rebuild_graphs(partitions))
+            rebuilds.add(future)  # a reference, so the task is not collected mid-way
+            future.add_done_callback(rebuilds.discard)
+
+    async def ensure_topics(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Create the topics that are missing. A broker that lost everything (the embedded
+        one keeps nothing across a restart) no longer knows this worker's group member, so
+        the group rejoins, revoking first: the topics are back before any agent runs
+        again. Without them the first report fails its send to the identity topic, and
+        with it the worker."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, create_topics, settings)
+        except Exception as exc:  # the broker may still be away; the next rebalance retries
+            log.warning("could not check the topics: %r", exc)
+
+    app.on_partitions_revoked.connect(ensure_topics)
     app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_assigned.connect(rebuild_assigned)
     app.on_partitions_revoked.connect(on_revoked)
 
     keys, book = KeyRing(), AlertBook()

@@ -52,7 +52,14 @@ class _Consumer(faust_aiokafka.Consumer):
         if records is None or self.should_stop:
             return
         if not self.flow_active:
-            await self.perform_seek()  # as Faust does: back to the committed offsets
+            # As Faust does: back to the committed offsets. A rebalance can revoke a
+            # partition between the flow check and the seek (aiokafka then raises
+            # IllegalStateError); Faust logs it and carries on, since the assignment that
+            # follows seeks every partition it gives to its committed offset anyway.
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                self.log.warning("exception performing seek when flow not active: %r", exc)
             return
         generation_id = self.app.consumer_generation_id
         for tp, batch in records.items():
@@ -84,6 +91,28 @@ class _Consumer(faust_aiokafka.Consumer):
                 generation_id=generation_id,
             )
             yield tp, message
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit for `tp`: one past the highest acked batch.
+
+        Faust's version counts offsets one by one and fills the offsets before each message
+        from the gaps `_drain_messages` records. With a whole batch per message that fails
+        twice: the gap it records for a batch includes the batch's own offset, which is
+        acked too, and the duplicate ends the run of consecutive offsets, so one commit
+        moves past one batch only (under load the commit falls further and further behind,
+        and the list of acked offsets grows without bound); and after a batch that ended
+        at offset 0 it records no gap at all (`if gap > 1 and r_offset` is false for 0),
+        so that partition is never committed again. Here a partition's batches are acked
+        in order (one agent reads each topic, and `take_events` acks its events in order),
+        so everything up to the highest acked offset has been processed."""
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        offset = max(acked)
+        acked.clear()
+        self._acked_index[tp].clear()
+        self._gap[tp].clear()
+        return int(offset) + 1
 
 
 class _Transport(faust_aiokafka.Transport):
