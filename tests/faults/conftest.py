@@ -313,13 +313,15 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Stream:
 
 class ReferenceRun:
     """One worker, never disturbed, over the whole stream in a namespace of its own. It runs
-    in a thread from the moment a test asks for it, alongside that test's own deployment."""
+    in a thread from the moment a test asks for it, alongside that test's own deployment.
+    Its worker stays up until `close()`: a test may take the finished run further."""
 
     def __init__(
         self, broker: EmbeddedBroker, tmp_path: Path, stream: Stream, ordered: bool = True
     ) -> None:
         self.deployment = (OrderedDeployment if ordered else Deployment)(broker, tmp_path)
         self.stream = stream
+        self.analyst = ""
         self._view: View | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -327,21 +329,19 @@ class ReferenceRun:
 
     def _run(self) -> None:
         try:
-            analyst = self.deployment.key("analyst", name="reference analyst")
+            self.analyst = self.deployment.key("analyst", name="reference analyst")
             worker = self.deployment.worker()
             worker.wait_ready()
             self.deployment.push(self.stream.lines)
             total = len(self.stream.lines)
             wait_until(lambda: processed(worker) >= total, 120, "the reference run")
             wait_until(lambda: not lagging(worker), 60, "the reference run to catch up")
-            view = read_view(self.deployment, worker, analyst)
+            view = read_view(self.deployment, worker, self.analyst)
             assert view is not None
             assert len(view.alert_ids_on_topic) == len(view.alerts), "reference duplicated"
             self._view = view
         except BaseException as error:  # reported by view(), in the test's thread
             self._error = error
-        finally:
-            self.deployment.close()
 
     def view(self, timeout: float = 240.0) -> View:
         self._thread.join(timeout)
@@ -350,6 +350,10 @@ class ReferenceRun:
         assert self._view is not None, "the reference run did not finish"
         return self._view
 
+    def close(self) -> None:
+        self._thread.join(60)
+        self.deployment.close()
+
 
 @pytest.fixture(scope="session")
 def reference(
@@ -357,4 +361,4 @@ def reference(
 ) -> Iterator[ReferenceRun]:
     run = ReferenceRun(broker, tmp_path_factory.mktemp("reference"), stream)
     yield run
-    run._thread.join(60)
+    run.close()

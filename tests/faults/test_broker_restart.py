@@ -72,8 +72,9 @@ def post_when_possible(worker: Worker, key: str, reports: list[dict[str, Any]]) 
     "the restart are not raised again: the running worker's graphs still hold the old "
     "reports and alert levels, while the alerts topic lost them. Restarting the worker "
     "after the broker (README, Reliability) is the recovery until state is dropped on a "
-    "detected log reset",
-    strict=True,
+    "detected log reset; it also fails by timing (intake sends failing after the topics "
+    "are recreated, or a stall), so the mark is not strict",
+    strict=False,
 )
 def test_a_broker_restart_loses_nothing_that_can_be_sent_again(
     broker: EmbeddedBroker, own_broker: EmbeddedBroker, tmp_path: Path
@@ -120,3 +121,4 @@ def test_a_broker_restart_loses_nothing_that_can_be_sent_again(
         assert worker.process is not None and worker.process.poll() is None, worker.tail()
     finally:
         run.close()
+        reference.close()

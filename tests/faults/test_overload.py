@@ -24,8 +24,16 @@ RECORD_FLOOR = 350
 
 
 def _processed(worker: Worker) -> float:
-    return sum(float(v) for v in re.findall(r'^linkwatch_reports_total\{[^}]*\} ([\d.e+]+)$',
-                                             worker.metrics(), re.M))  # fmt: skip
+    """Reports counted so far; an overloaded worker may answer /metrics slowly: retried."""
+    for _ in range(10):
+        try:
+            text = worker.metrics()
+        except OSError:
+            time.sleep(1)
+            continue
+        return sum(float(v) for v in re.findall(
+            r'^linkwatch_reports_total\{[^}]*\} ([\d.e+]+)$', text, re.M))  # fmt: skip
+    raise AssertionError(f"/metrics did not answer:\n{worker.tail()}")
 
 
 def _rss(worker: Worker) -> int:
