@@ -228,6 +228,19 @@ def read_view(deployment: Deployment, worker: Worker, analyst_key: str) -> View 
     )
 
 
+def levels_agree(view: View) -> bool:
+    """Every actor in the snapshot shows the highest serial alert level on the topic."""
+    highest: dict[str, int] = {}
+    for alert in view.alerts.values():
+        if alert.get("kind") == "serial":
+            node = f"actor:{alert['actor_id']}"
+            highest[node] = max(highest.get(node, 0), int(alert["level"]))
+    return all(
+        view.nodes[node].get("level") == level for node, level in highest.items()
+        if node in view.nodes
+    )  # fmt: skip
+
+
 def differences(expected: View, actual: View) -> list[str]:
     """Readable differences between two runs; empty when they ended the same."""
     found = []
@@ -336,7 +349,16 @@ class ReferenceRun:
             total = len(self.stream.lines)
             wait_until(lambda: processed(worker) >= total, 120, "the reference run")
             wait_until(lambda: not lagging(worker), 60, "the reference run to catch up")
-            view = read_view(self.deployment, worker, self.analyst)
+            # The snapshot's alert levels come from the worker's own reading of the alerts
+            # topic, which can trail the topic by a moment: wait until they agree.
+            views: list[View | None] = []
+
+            def settled() -> bool:
+                views.append(read_view(self.deployment, worker, self.analyst))
+                return views[-1] is not None and levels_agree(views[-1])
+
+            wait_until(settled, 60, "the reference run's snapshot to show its alerts")
+            view = views[-1]
             assert view is not None
             assert len(view.alert_ids_on_topic) == len(view.alerts), "reference duplicated"
             self._view = view
