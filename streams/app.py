@@ -190,7 +190,10 @@ def build_app(
             "partitions": sorted(graph.partitions.owned),
             "at": time.time(),
         }
-        await app.producer.send(settings.workers_topic, None, orjson.dumps(record), 0, None, None)
+        try:
+            await (await send(settings.workers_topic, None, orjson.dumps(record), 0, None, None))
+        except Exception as exc:  # the next announcement comes in a few seconds
+            log.warning("could not announce this worker: %r", exc)
 
     async def prune_journal() -> None:
         journal.prune(time.time() - settings.window_seconds)
@@ -211,8 +214,10 @@ def build_app(
         consumer: Any = app.consumer
         metrics.lag.clear()  # partitions revoked in a rebalance must not keep a frozen lag
         for tp in consumer.assignment():
-            read = consumer._read_offset.get(tp)
-            behind = consumer.highwater(tp) - (read + 1 if read is not None else 0)
+            read, end = consumer._read_offset.get(tp), consumer.highwater(tp)
+            if end is None:
+                continue  # not fetched from since the assignment: no end known yet
+            behind = end - (read + 1 if read is not None else 0)
             metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, behind))
         return web.bytes(metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
 
