@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from graph.records import partition_of
 from streams.settings import Settings
-from streams.transport import FETCH_MAX_WAIT_MS
+from streams.transport import FETCH_MAX_WAIT_MS, FirstRecord, first_record, log_replaced
 
 __all__ = ["actor_partition", "create_topics", "read_partitions"]
+
+log = logging.getLogger(__name__)
 
 _DAY_MS = 86_400_000
 
@@ -100,7 +104,8 @@ async def read_partitions(
     Without it, it reads until caught up: past the reported end offset *and* until a fetch
     comes back empty, because a broker (Tansu's memory engine, measured) may report a
     partition's end too low. With `follow` it never stops, and sets `caught_up` once it has
-    read what was there when it started.
+    read what was there when it started; a partition whose log was replaced (`LogStarts`)
+    is read again from its start.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -130,7 +135,13 @@ async def read_partitions(
             ends = await consumer.end_offsets(tps)
             pending = set(tps)
         progress_at = time.monotonic()
+        starts = LogStarts(consumer, tps) if follow else None
         while pending or follow:
+            if starts is not None:
+                for tp in await starts.replaced():
+                    log.warning("%s[%d] was replaced by a new log: reading it from its start",
+                                tp.topic, tp.partition)  # fmt: skip
+                    await consumer.seek_to_beginning(tp)
             batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
             records = [record for batch in batches.values() for record in batch]
             if stop is not None:
@@ -154,6 +165,43 @@ async def read_partitions(
                 raise TimeoutError(f"no progress reading {topic} for {stall_timeout:.0f}s")
     finally:
         await consumer.stop()
+
+
+class LogStarts:
+    """Tells when a partition's log was replaced under a reader: the embedded broker comes
+    back from a restart with new, empty logs whose offsets start again at 0, below the
+    reader's position, and a fetch there returns nothing rather than an error. Each check
+    (every CHECK_EVERY seconds) asks for the first record's offset and timestamp; a
+    replaced log starts with a different record, or is empty, or starts lower. (Apache
+    Kafka keeps its logs across restarts: there the check only costs a request.)"""
+
+    CHECK_EVERY = 3.0
+
+    def __init__(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) -> None:
+        self._consumer = consumer
+        self._tps = list(tps)
+        self._first: dict[TopicPartition, FirstRecord] = {}
+        self._next_check = 0.0
+
+    async def replaced(self) -> list[TopicPartition]:
+        if time.monotonic() < self._next_check:
+            return []
+        self._next_check = time.monotonic() + self.CHECK_EVERY
+        try:
+            found = await self._consumer.offsets_for_times({tp: 0 for tp in self._tps})
+        except KafkaError as exc:  # the broker is away, or the topic not back yet
+            log.info("could not check where %s starts: %r", self._tps[0].topic, exc)
+            return []
+        replaced = []
+        for tp in self._tps:
+            before, now = self._first.get(tp), first_record(found.get(tp))
+            self._first[tp] = now if before is None or now is not None else before
+            if log_replaced(before, now) and await self._consumer.position(tp) > (
+                now[0] if now else 0
+            ):
+                replaced.append(tp)
+                self._first[tp] = now
+        return replaced
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:

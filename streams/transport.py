@@ -1,4 +1,4 @@
-"""Faust's aiokafka transport with two changes: whole fetched batches, and a short wait.
+"""Faust's aiokafka transport with four changes: batches, fetch wait, retries, new logs.
 
 1. **Batches.** Stock Faust turns every fetched record into a message and pushes it through
    its consumer loop one at a time: four asyncio tasks per message in `_drain_messages`
@@ -17,34 +17,156 @@
    the whole wait (measured: 250-670 ms per message at 1500 ms; 2-11 ms at 20 ms). linkwatch
    has three consumer hops from a report to a visible alert, so the wait is cut to 25 ms. On
    Kafka this only costs more empty fetches on an idle partition.
+3. **Unknown produce errors are retried, in order.** A producer that knew a topic before
+   the embedded broker restarted empty gets UnknownError (-1) for its next sends there,
+   where Kafka would answer UNKNOWN_TOPIC_OR_PARTITION, which is retriable: Tansu creates
+   the topic on that first produce, and the send after succeeds (measured). aiokafka gives
+   up on -1, and since it keeps one batch in flight per partition, the batches queued
+   behind a failed one still land: retrying the failed one afterwards would reorder the
+   partition. `_OrderedRetry` makes aiokafka's own retry take -1 too (with a metadata
+   refresh), so the failed batch is sent again before anything behind it, until the
+   producer's request timeout.
+4. **A broker that came back empty is noticed before its data is read.** Offsets restart
+   at 0 in the new logs, and a consumer that carries on from its old positions would skip
+   the first reports sent again, or take them out of order. So after any broken connection
+   the consumer checks, before it hands over another batch or commits, that each assigned
+   partition still starts with the record it started with (`log_replaced`). If one does
+   not, the worker restarts in place (same process, `os.execv`): all state is dropped, as
+   after a SIGKILL, and rebuilt from what the broker has now.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import faust
+from aiokafka.conn import CloseReason
+from aiokafka.errors import KafkaError, UnknownError
+from aiokafka.producer import sender as aiokafka_sender
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import ConsumerMessage
+from faust.types import TP, ConsumerMessage
 
-__all__ = ["FETCH_MAX_WAIT_MS", "LinkwatchApp"]
+__all__ = ["FETCH_MAX_WAIT_MS", "LinkwatchApp", "first_record", "log_replaced"]
+
+log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 25
+# How long the consumer waits to learn whether the logs survived a broken connection
+# before it restarts anyway (a restart is always safe: it is what a SIGKILL leads to).
+VERIFY_PATIENCE = 30.0
+
+FirstRecord = tuple[int, int] | None  # (offset, timestamp) of a log's first record; None: empty
+
+
+def first_record(found: Any) -> FirstRecord:
+    """From `offsets_for_times({tp: 0})`: Kafka answers None for an empty partition, Tansu
+    an entry with timestamp -1."""
+    return (found.offset, found.timestamp) if found and found.timestamp >= 0 else None
+
+
+def log_replaced(before: FirstRecord, now: FirstRecord) -> bool:
+    """A partition that started with `before` and starts with `now` is a new log: empty, or
+    starting lower, or with another record at the same offset. (Retention only ever moves
+    the start on.)"""
+    if before is None or now == before:
+        return False
+    return now is None or now[0] < before[0] or now[0] == before[0]
+
+
+def restart_in_place(why: str) -> None:
+    """Replace this process with a fresh worker: the same pid, arguments and log."""
+    log.critical("restarting the worker in place: %s", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "streams.cli", *sys.argv[1:]])
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    broken = False  # a connection to the broker broke since the logs were last checked
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this when the consumer starts its fetcher (after this returns).
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        client = consumer._client
+        on_closed = client._on_connection_closed  # connections made later call this
+
+        def note_closed(conn: Any, reason: Any) -> None:
+            if reason not in (CloseReason.SHUTDOWN, CloseReason.IDLE_DROP):
+                self.broken = True
+            on_closed(conn, reason)
+
+        client._on_connection_closed = note_closed
         return consumer
+
+    async def first_records(self, tps: Iterable[TP]) -> dict[TP, FirstRecord]:
+        found = await self.call_thread(
+            self._ensure_consumer().offsets_for_times, {tp: 0 for tp in tps}
+        )
+        return {tp: first_record(entry) for tp, entry in found.items()}
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    _thread: _ConsumerThread
+    _starts: dict[TP, FirstRecord] | None = None  # what each assigned partition starts with
+    _next_check = 0.0  # monotonic time of the next check without fetched data
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        self._starts = None  # a new assignment: learn what its partitions start with
+        return committed
+
+    async def _logs_checked(self, patience: float = VERIFY_PATIENCE) -> bool:
+        """True once the assigned partitions are known to be the logs this worker read
+        (module doc, item 4); False if the broker could not say within `patience` seconds.
+        Restarts the worker in place if one is a new log."""
+        if self._starts is not None and not self._thread.broken:
+            return True
+        if not self.assignment():
+            self._thread.broken, self._starts = False, {}
+            return True
+        deadline = time.monotonic() + patience
+        while True:
+            self._thread.broken = False
+            try:
+                now = await self._thread.first_records(self.assignment())
+                break
+            except KafkaError as exc:
+                self._thread.broken = True
+                if time.monotonic() >= deadline:
+                    log.warning("could not check the logs after a broken connection: %r", exc)
+                    return False
+                await asyncio.sleep(0.5)
+        if self._starts is not None:
+            starts = self._starts
+            replaced = [tp for tp, first in now.items()
+                        if tp in starts and log_replaced(starts[tp], first)]  # fmt: skip
+            if replaced:
+                names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in replaced))
+                restart_in_place(f"the broker has new logs ({names}): it restarted empty")
+            log.info("the logs are the same after a broken connection")
+            # A partition that was empty keeps what it starts with now.
+            now = {tp: starts.get(tp) or first for tp, first in now.items()}
+        self._starts = now
+        return True
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Offsets of the old logs committed to new ones would skip the reports sent again;
+        # if the broker cannot say now, this commit waits for the next.
+        if not await self._logs_checked(patience=0.0):
+            return False
+        return bool(await super()._commit(offsets))
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         """One Faust message per fetched batch of each partition (see the module doc)."""
@@ -61,6 +183,16 @@ class _Consumer(faust_aiokafka.Consumer):
             except Exception as exc:
                 self.log.warning("exception performing seek when flow not active: %r", exc)
             return
+        if any(records.values()):
+            if not await self._logs_checked():
+                # Fetched, but the broker cannot say which logs they came from: start again
+                # rather than risk reading a new log from old positions.
+                restart_in_place("could not check the logs after a broken connection")
+        elif self._thread.broken and time.monotonic() >= self._next_check:
+            # Nothing fetched: old positions past the end of a new log read nothing (Tansu
+            # answers an empty fetch, not OFFSET_OUT_OF_RANGE), so check without data too.
+            self._next_check = time.monotonic() + 1.0
+            await self._logs_checked(patience=0.0)
         generation_id = self.app.consumer_generation_id
         for tp, batch in records.items():
             if not batch:
@@ -71,7 +203,9 @@ class _Consumer(faust_aiokafka.Consumer):
             if paused and tp not in self._buffered_partitions:
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            last = batch[-1]
+            first, last = batch[0], batch[-1]
+            if first.offset == 0 and self._starts is not None and self._starts.get(tp) is None:
+                self._starts[tp] = (0, first.timestamp)  # it was empty: now it has a start
             # Kafka gives milliseconds; Faust messages carry seconds.
             timestamp = last.timestamp / 1000.0 if last.timestamp is not None else time.time()
             value: Any = list(batch)  # the records themselves, not bytes (see the module doc)
@@ -133,12 +267,28 @@ class _IdempotentTransport(faust_aiokafka.Transport):
     Producer = _IdempotentProducer
 
 
+class _OrderedRetry(aiokafka_sender.SendProduceReqHandler):  # type: ignore[misc]
+    """aiokafka's produce handler, retrying UnknownError like a retriable error (module doc)."""
+
+    def _can_retry(self, error: Any, batch: Any) -> bool:
+        if isinstance(error, UnknownError) and not batch.expired():
+            self._client.force_metadata_update()
+            return True
+        return bool(super()._can_retry(error, batch))
+
+
+def retry_unknown_errors_in_order() -> None:
+    """Make every aiokafka producer in this process use `_OrderedRetry` (idempotent)."""
+    aiokafka_sender.SendProduceReqHandler = _OrderedRetry
+
+
 class LinkwatchApp(faust.App):
     """faust.App on the transport above (only `kafka://` URLs are used by linkwatch)."""
 
     idempotent_producer = False
 
     def _new_transport(self) -> Any:
+        retry_unknown_errors_in_order()
         return _Transport(self.conf.broker_consumer, self)
 
     def _new_producer_transport(self) -> Any:
