@@ -28,11 +28,13 @@
    producer's request timeout.
 4. **A broker that came back empty is noticed before its data is read.** Offsets restart
    at 0 in the new logs, and a consumer that carries on from its old positions would skip
-   the first reports sent again, or take them out of order. So after any broken connection
-   the consumer checks, before it hands over another batch or commits, that each assigned
-   partition still starts with the record it started with (`log_replaced`). If one does
-   not, the worker restarts in place (same process, `os.execv`): all state is dropped, as
-   after a SIGKILL, and rebuilt from what the broker has now.
+   the first reports sent again, or take them out of order, or (past a new log's end) read
+   nothing at all. So after any broken connection and after every rebalance the consumer
+   checks, before it hands over another batch or commits, and within a second when
+   nothing comes, that each assigned partition still starts with the record it started
+   with (`log_replaced`). If one does not, the worker restarts in place (same process,
+   `os.execv`): all state is dropped, as after a SIGKILL, and rebuilt from what the
+   broker has now.
 """
 
 from __future__ import annotations
@@ -118,13 +120,17 @@ class _Consumer(faust_aiokafka.Consumer):
     _thread: _ConsumerThread
     _starts: dict[TP, FirstRecord] | None = None  # what each assigned partition starts with
     _next_check = 0.0  # monotonic time of the next check without fetched data
+    _next_learn = 0.0  # monotonic time a partition that was empty may next be learned
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
-        self._starts = None  # a new assignment: learn what its partitions start with
+        # A new assignment: check its partitions before reading on. What the ones this
+        # worker had already read started with is kept: the rebalance that follows a
+        # broker's restart must not make the new logs look like the ones it knew.
+        self._thread.broken = True
         return committed
 
     async def _logs_checked(self, patience: float = VERIFY_PATIENCE) -> bool:
@@ -134,8 +140,7 @@ class _Consumer(faust_aiokafka.Consumer):
         if self._starts is not None and not self._thread.broken:
             return True
         if not self.assignment():
-            self._thread.broken, self._starts = False, {}
-            return True
+            return True  # nothing to read: check once partitions are assigned
         deadline = time.monotonic() + patience
         while True:
             self._thread.broken = False
@@ -155,9 +160,10 @@ class _Consumer(faust_aiokafka.Consumer):
             if replaced:
                 names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in replaced))
                 restart_in_place(f"the broker has new logs ({names}): it restarted empty")
-            log.info("the logs are the same after a broken connection")
-            # A partition that was empty keeps what it starts with now.
-            now = {tp: starts.get(tp) or first for tp, first in now.items()}
+            log.info("checked the logs after a broken connection or a rebalance: unchanged")
+            # A partition that was empty keeps what it starts with now; partitions revoked
+            # meanwhile keep what they started with, for when they come back.
+            now = starts | {tp: starts.get(tp) or first for tp, first in now.items()}
         self._starts = now
         return True
 
@@ -184,6 +190,13 @@ class _Consumer(faust_aiokafka.Consumer):
                 self.log.warning("exception performing seek when flow not active: %r", exc)
             return
         if any(records.values()):
+            starts, now = self._starts or {}, time.monotonic()
+            if now >= self._next_learn and any(
+                batch and starts.get(tp) is None for tp, batch in records.items()
+            ):
+                # Data where there was none: learn how the log starts (at most once a
+                # second, for a log whose records carry no timestamps).
+                self._thread.broken, self._next_learn = True, now + 1.0
             if not await self._logs_checked():
                 # Fetched, but the broker cannot say which logs they came from: start again
                 # rather than risk reading a new log from old positions.
@@ -203,9 +216,7 @@ class _Consumer(faust_aiokafka.Consumer):
             if paused and tp not in self._buffered_partitions:
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            first, last = batch[0], batch[-1]
-            if first.offset == 0 and self._starts is not None and self._starts.get(tp) is None:
-                self._starts[tp] = (0, first.timestamp)  # it was empty: now it has a start
+            last = batch[-1]
             # Kafka gives milliseconds; Faust messages carry seconds.
             timestamp = last.timestamp / 1000.0 if last.timestamp is not None else time.time()
             value: Any = list(batch)  # the records themselves, not bytes (see the module doc)
