@@ -46,13 +46,7 @@ def test_a_worker_joining_and_leaving_mid_stream_changes_no_alert(
 
         second = run.worker()
         pushers.append(push_in_background(run, joining, "while-joining.jsonl"))
-        wait_until(
-            lambda: owned(first) | owned(second) == partitions and owned(first).isdisjoint(
-                owned(second)) and bool(owned(first)) and bool(owned(second)),
-            120,
-            "the two workers to share the partitions",
-            alive=[first, second],
-        )  # fmt: skip
+        wait_sharing(first, second, partitions)
         pushers.append(push_in_background(run, shared, "while-shared.jsonl"))
         wait_until(
             lambda: processed(second) > 0, 60, "the second worker to process", alive=[first, second]
@@ -73,6 +67,17 @@ def test_a_worker_joining_and_leaving_mid_stream_changes_no_alert(
         run.close()
 
 
+def wait_sharing(first: Worker, second: Worker, partitions: set[int]) -> None:
+    """Until each worker owns some partitions and together, without overlap, all."""
+    wait_until(
+        lambda: owned(first) | owned(second) == partitions and owned(first).isdisjoint(
+            owned(second)) and bool(owned(first)) and bool(owned(second)),
+        120,
+        "the two workers to share the partitions",
+        alive=[first, second],
+    )  # fmt: skip
+
+
 def test_every_partition_is_queryable_right_after_a_rebalance(reference: ReferenceRun) -> None:
     """The reference run, finished and idle, gets a second worker. No report arrives after
     the rebalance: the graphs of both workers must be there without waiting for one."""
@@ -81,11 +86,5 @@ def test_every_partition_is_queryable_right_after_a_rebalance(reference: Referen
     partitions = set(range(run.settings.partitions))
     first = run.workers[0]
     second = run.worker()
-    wait_until(
-        lambda: owned(first) | owned(second) == partitions and owned(first).isdisjoint(
-            owned(second)) and bool(owned(first)) and bool(owned(second)),
-        120,
-        "the two workers to share the partitions",
-        alive=[first, second],
-    )  # fmt: skip
+    wait_sharing(first, second, partitions)
     converge(run, lambda: first, reference.analyst, view, timeout=30)
