@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import os
 import sys
 from typing import Any
 
-__all__ = ["FREEZE_EVERY", "freeze", "release", "use_system_allocator"]
+__all__ = ["FREEZE_EVERY", "exec_again", "freeze", "release", "use_system_allocator"]
 
 # How often (seconds) the worker moves the objects that survived so far out of the cyclic
 # garbage collector's sight (see `freeze`).
@@ -37,6 +38,13 @@ def use_system_allocator() -> None:
     if "PYTHONMALLOC" in os.environ or _trim is None:
         return
     os.environ["PYTHONMALLOC"] = "malloc"
+    exec_again()
+
+
+def exec_again() -> None:
+    """Replace this process with the same `linkwatch` command: same pid, arguments, log."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "streams.cli", *sys.argv[1:]])

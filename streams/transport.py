@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -53,6 +51,8 @@ from aiokafka.errors import KafkaError, UnknownError
 from aiokafka.producer import sender as aiokafka_sender
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerMessage
+
+from streams.memory import exec_again
 
 __all__ = ["FETCH_MAX_WAIT_MS", "LinkwatchApp", "first_record", "log_replaced"]
 
@@ -84,11 +84,7 @@ def log_replaced(before: FirstRecord, now: FirstRecord) -> bool:
 def restart_in_place(why: str) -> None:
     """Replace this process with a fresh worker: the same pid, arguments and log."""
     log.critical("restarting the worker in place: %s", why)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "streams.cli", *sys.argv[1:]])
+    exec_again()
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
