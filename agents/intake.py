@@ -1,21 +1,51 @@
 """Intake agent: validate each report; forward the valid ones to the identity topic, packed,
-or reject them to the rejected topic with their reason and original bytes."""
+or reject them to the rejected topic with their reason and original bytes.
+
+Validation and pseudonymisation are stateless and most of a report's cost, so the agent
+hands each batch to the worker's intake processes (streams/offload.py) and the event loop
+meanwhile runs the resolve and graph agents: that is where a worker's second core goes.
+`validate_batch` is the one code path, in a child process or in the worker itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
 from agents.replay import TAKE, WITHIN, Send, packs
 from graph.contract import Rejection, parse_report
+from graph.identity import Pseudonyms
 from graph.privacy import pseudonymise
 from streams.metrics import Metrics
+from streams.offload import Offload
 from streams.settings import Settings
 
-__all__ = ["make_intake"]
+__all__ = ["Validated", "make_intake", "validate_batch", "validated"]
+
+# What a batch becomes: the identity topic's messages (packed rows, encoded, in input
+# order) and the rejections as (index in the batch, reason, detail).
+Validated = tuple[list[bytes], list[tuple[int, str, str]]]
+
+
+def validate_batch(
+    values: Sequence[bytes | None], partitions: Sequence[int], pseudonyms: Pseudonyms
+) -> Validated:
+    """Validate and pseudonymise one batch of report messages. Never raises on bad input."""
+    rows: list[list[Any]] = []
+    rejected: list[tuple[int, str, str]] = []
+    for index, value in enumerate(values):
+        report = parse_report(value or b"")
+        if isinstance(report, Rejection):
+            rejected.append((index, report.reason, report.detail))
+            continue
+        row = pseudonymise(report, pseudonyms).to_row()
+        row.append(partitions[index])  # its input partition: for the watermark
+        rows.append(row)
+    # Packed: the resolver's one partition sees them in this order.
+    return [orjson.dumps(pack) for pack in packs(rows)], rejected
 
 
 def make_intake(
@@ -23,38 +53,65 @@ def make_intake(
 ) -> Callable[[Any], Awaitable[None]]:
     """The agent body for the reports topic."""
 
-    pseudonyms = settings.pseudonyms()
-
     async def intake(stream: Any) -> None:
-        async for events in stream.take_events(TAKE, within=WITHIN):
-            rows: list[list[Any]] = []
-            deliveries = []
-            for event in events:
-                for record in event.message.value:  # a fetched batch (streams/transport.py)
-                    report = parse_report(record.value or b"")
-                    if isinstance(report, Rejection):
-                        metrics.reject(report.reason)
-                        deliveries.append(await send(*_rejection(settings, record, report)))
-                        continue
-                    row = pseudonymise(report, pseudonyms).to_row()
-                    row.append(record.partition)  # its input partition: for the watermark
-                    rows.append(row)
-            # Packed: the resolver's one partition sees them in this order.
-            timestamp = events[0].message.timestamp if events else None
-            for pack in packs(rows):
-                deliveries.append(
-                    await send(settings.identity_topic, None, orjson.dumps(pack), 0, timestamp,
-                               None)
-                )  # fmt: skip
-            await asyncio.gather(*deliveries)
+        offload = Offload(settings.intake_processes, validate_batch, settings.pseudonyms, metrics)
+        try:
+            async for events in stream.take_events(TAKE, within=WITHIN):
+                # Each event is a fetched batch of one partition (streams/transport.py).
+                records = [record for event in events for record in event.message.value]
+                identity, rejected = await validated(offload, records)
+                deliveries = []
+                for index, reason, detail in rejected:
+                    metrics.reject(reason)
+                    record = records[index]
+                    deliveries.append(await send(*_rejection(settings, record, reason, detail)))
+                timestamp = events[0].message.timestamp if events else None
+                for message in identity:
+                    deliveries.append(
+                        await send(settings.identity_topic, None, message, 0, timestamp, None)
+                    )
+                await asyncio.gather(*deliveries)
+        finally:
+            offload.close()
 
     return intake
 
 
-def _rejection(settings: Settings, record: Any, rejection: Rejection) -> tuple[Any, ...]:
+async def validated(offload: Offload[Pseudonyms, Validated], records: list[Any]) -> Validated:
+    """`validate_batch` over fetched records, split across the offload's processes."""
+    pieces = _pieces(records, offload.width)
+    return _joined(pieces, await offload.map(pieces))
+
+
+# A piece of a batch as the work takes it: the values and their input partitions.
+Piece = tuple[list[bytes | None], list[int]]
+
+
+def _pieces(records: list[Any], count: int) -> list[Piece]:
+    """The batch in `count` consecutive pieces (values, partitions), for as many processes."""
+    size = -(-len(records) // count) or 1
+    return [
+        ([record.value for record in part], [record.partition for record in part])
+        for part in (records[start : start + size] for start in range(0, len(records), size))
+    ]
+
+
+def _joined(pieces: list[Piece], results: list[Validated]) -> Validated:
+    """The pieces' results as one batch's: messages in order, rejection indexes rebased."""
+    identity: list[bytes] = []
+    rejected: list[tuple[int, str, str]] = []
+    base = 0
+    for (values, _), (messages, rejections) in zip(pieces, results, strict=True):
+        identity += messages
+        rejected += [(base + index, reason, detail) for index, reason, detail in rejections]
+        base += len(values)
+    return identity, rejected
+
+
+def _rejection(settings: Settings, record: Any, reason: str, detail: str) -> tuple[Any, ...]:
     headers = [
-        ("linkwatch.reason", rejection.reason.encode()),
-        ("linkwatch.detail", rejection.detail.encode("utf-8", "replace")),
+        ("linkwatch.reason", reason.encode()),
+        ("linkwatch.detail", detail.encode("utf-8", "replace")),
         ("linkwatch.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     ]
-    return settings.rejected_topic, record.key, rejection.raw, None, None, headers
+    return settings.rejected_topic, record.key, record.value or b"", None, None, headers

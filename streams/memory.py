@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import multiprocessing
 import os
 import sys
 from typing import Any
@@ -42,7 +43,10 @@ def use_system_allocator() -> None:
 
 
 def exec_again() -> None:
-    """Replace this process with the same `linkwatch` command: same pid, arguments, log."""
+    """Replace this process with the same `linkwatch` command: same pid, arguments, log.
+    Its child processes (streams/offload.py) would outlive an exec: they go first."""
+    for child in multiprocessing.active_children():
+        child.kill()
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()

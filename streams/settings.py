@@ -55,6 +55,9 @@ class Settings:
     webhook_urls: str = ""
     webhook_secret: str = ""
     webhook_attempts: int = 6
+    # Child processes that validate and pseudonymise for the intake agent (streams/offload.py):
+    # by default one when the machine has a second core; 0 keeps intake in the worker.
+    intake_processes: int = min(1, (os.cpu_count() or 1) - 1)
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -91,6 +94,8 @@ class Settings:
             raise SettingsError("LINKWATCH_API_RATE must be positive")
         if self.webhook_attempts < 1:
             raise SettingsError("LINKWATCH_WEBHOOK_ATTEMPTS must be at least 1")
+        if not 0 <= self.intake_processes <= 64:
+            raise SettingsError("LINKWATCH_INTAKE_PROCESSES must be between 0 and 64")
 
     @property
     def window_seconds(self) -> float:
@@ -229,6 +234,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "webhook_urls": ("LINKWATCH_WEBHOOK_URLS", str),
     "webhook_secret": ("LINKWATCH_WEBHOOK_SECRET", str),
     "webhook_attempts": ("LINKWATCH_WEBHOOK_ATTEMPTS", int),
+    "intake_processes": ("LINKWATCH_INTAKE_PROCESSES", int),
 }
 
 

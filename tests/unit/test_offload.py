@@ -1,0 +1,113 @@
+"""Intake in child processes: the same results as in the worker, and nothing lost if one dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from agents.intake import Validated, validate_batch, validated
+from graph.identity import Pseudonyms
+from streams.metrics import Metrics
+from streams.offload import Offload
+from streams.settings import Settings
+from tests.factories import encode, make_report
+
+SETTINGS = Settings(pseudonym_key="offload-test-key-0123456789")
+
+
+@dataclass
+class _Record:
+    value: bytes | None
+    partition: int
+
+
+def _batch(size: int) -> list[_Record]:
+    """Valid reports with malformed ones among them, over four partitions."""
+    records = []
+    for i in range(size):
+        if i % 7 == 3:
+            value: bytes | None = b'{"report_id": "broken"'
+        elif i % 11 == 5:
+            value = encode(make_report(f"acct-{i}", f"victim-{i}", category="spam"))
+        else:
+            value = encode(
+                make_report(f"acct-{i % 40}", f"victim-{i}", at=timedelta(minutes=i),
+                            signals={"email_hash": f"e{i % 9}"})
+            )  # fmt: skip
+        records.append(_Record(value, i % 4))
+    return records
+
+
+@pytest.fixture
+def offloads() -> Iterator[list[Offload[Pseudonyms, Validated]]]:
+    made: list[Offload[Pseudonyms, Validated]] = []
+    yield made
+    for offload in made:
+        offload.close()
+
+
+def _offload(
+    made: list[Offload[Pseudonyms, Validated]], count: int
+) -> Offload[Pseudonyms, Validated]:
+    made.append(Offload(count, validate_batch, SETTINGS.pseudonyms, Metrics()))
+    return made[-1]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_child_processes_give_what_the_worker_itself_gives(
+    offloads: list[Offload[Pseudonyms, Validated]], count: int
+) -> None:
+    records = _batch(1_234)
+    here = asyncio.run(validated(_offload(offloads, 0), records))
+    there = asyncio.run(validated(_offload(offloads, count), records))
+    # Each piece is packed on its own, so compare the rows, not where the packs split.
+    assert _rows(there) == _rows(here) and there[1] == here[1]
+    rows, rejected = _rows(here), here[1]
+    assert len(rows) + len(rejected) == len(records)  # every record: forwarded or rejected
+    assert {reason for _, reason, _ in rejected} == {"not_json", "unknown_category"}
+    # Order is kept: the rows follow the records, each with its input partition last.
+    valid = [r for i, r in enumerate(records) if i not in {index for index, _, _ in rejected}]
+    assert [row[0] for row in rows] == [orjson.loads(r.value or b"")["report_id"] for r in valid]
+    assert [row[-1] for row in rows] == [r.partition for r in valid]
+
+
+def _rows(result: Validated) -> list[list[object]]:
+    return [row for message in result[0] for row in orjson.loads(message)]
+
+
+def test_a_child_that_dies_costs_no_batch(offloads: list[Offload[Pseudonyms, Validated]]) -> None:
+    offload = _offload(offloads, 1)
+    records = _batch(300)
+    expected = asyncio.run(validated(_offload(offloads, 0), records))
+    assert asyncio.run(validated(offload, records)) == expected  # the child is up
+    (first,) = offload.pids
+    os.kill(first, signal.SIGKILL)
+    _wait_gone(first)
+    errors_before = offload.metrics.internal_errors._value.get()
+    assert asyncio.run(validated(offload, records)) == expected  # done in the worker instead
+    assert offload.metrics.internal_errors._value.get() == errors_before + 1
+    (second,) = offload.pids
+    assert second != first
+    assert asyncio.run(validated(offload, records)) == expected  # by the new child
+    assert offload.metrics.internal_errors._value.get() == errors_before + 1
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(") ")[1].startswith("Z"):
+                    return  # a zombie: dead, not yet reaped
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} is still running")
