@@ -28,9 +28,10 @@ log = logging.getLogger("linkwatch")
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] in (["worker"], ["run"]):
-        from streams.memory import use_system_allocator
+        from streams.memory import tune_collector, use_system_allocator
 
         use_system_allocator()  # see streams/memory.py: so that expiry returns memory
+        tune_collector()  # and so that the garbage collector does not take a third
     parser = _parser()
     args = parser.parse_args(argv)
     # The worker configures its own logging; the other commands only need the client

@@ -20,7 +20,14 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["FREEZE_EVERY", "exec_again", "freeze", "release", "use_system_allocator"]
+__all__ = [
+    "FREEZE_EVERY",
+    "exec_again",
+    "freeze",
+    "release",
+    "tune_collector",
+    "use_system_allocator",
+]
 
 # How often (seconds) the worker moves the objects that survived so far out of the cyclic
 # garbage collector's sight (see `freeze`).
@@ -58,6 +65,25 @@ def release() -> None:
     """Give free heap pages back to the operating system (glibc only; else a no-op)."""
     if _trim is not None:
         _trim(0)
+
+
+# Allocations between young collections, young collections per middle one, middle ones
+# per full one (CPython's defaults: 700, 10, 10).
+COLLECTOR_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_collector() -> None:
+    """Collect less often, in larger steps.
+
+    A worker allocates a few containers per report (decoded rows, records, edges), and
+    most of them live on in the graph. With CPython's default thresholds the collector ran
+    a young collection every 700 allocations and a full one about once a second, and each
+    full one walked everything that survived since the last `freeze`: measured 3.3 s of
+    collection in 15 s of a worker under load (2,500 young, 226 middle, 14 full). With
+    these thresholds: 0.5 s in 13 young collections of 40 ms each, none full in that time,
+    and the worker's rate rose by a fifth (README, "Performance"). Cyclic garbage is still
+    collected: the young collections find it, and a full collection still runs, rarely."""
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def freeze() -> None:
