@@ -87,6 +87,11 @@ class PartitionedState(Generic[S]):
     def states(self) -> list[S]:
         return [part.state for part in self._partitions.values()]
 
+    @property
+    def served(self) -> set[int]:
+        """The owned partitions whose state is rebuilt: what a snapshot can show of them."""
+        return {partition for partition in self.owned if partition in self._partitions}
+
     def assign(self, partitions: Iterable[int]) -> None:
         """A rebalance gave this worker `partitions`: forget the state of all others."""
         self.owned = set(partitions)

@@ -72,6 +72,7 @@ class Api:
     directory: Directory
     graphs: Callable[[], list[RollingGraph]]
     owned: Callable[[], set[int]]
+    served: Callable[[], set[int]]  # owned and rebuilt
     ready: Callable[[], bool]
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
     pseudonyms: Pseudonyms = field(init=False)
@@ -322,6 +323,12 @@ class Api:
         return nx.node_link_data(self._filtered(self._local_graph(), request), edges="edges"), 200
 
     def _local_graph(self) -> nx.DiGraph:
+        """This worker's partitions; refused while one of them is still being rebuilt, so a
+        snapshot is never silently missing part of the graph."""
+        rebuilding = self.owned() - self.served()
+        if rebuilding:
+            raise ApiError(503, f"{len(rebuilding)} graph partition(s) are being rebuilt "
+                                "on this worker; retry shortly")  # fmt: skip
         levels: dict[str, int] = {}
         for alert in self.book.query(kinds=("serial",), limit=1_000_000)[0]:
             actor = alert["actor_id"]
@@ -349,6 +356,12 @@ class Api:
         if request.headers.get(FORWARDED):
             return parts[0]
         others = [w for w in self.directory.live() if w["worker_id"] != self.directory.worker_id]
+        covered = self.owned().union(*(w["partitions"] for w in others))
+        unserved = set(range(self.settings.partitions)) - covered
+        if unserved:  # a worker is starting, or left and its partitions are not reassigned yet
+            total = self.settings.partitions
+            raise ApiError(503, f"{len(unserved)} of {total} graph partitions have no worker "
+                                "serving them yet; retry shortly")  # fmt: skip
         for worker in others:
             status, body = await self._call(worker["url"], "/v1/internal/graph", request)
             if status != 200:

@@ -179,6 +179,7 @@ def build_app(
         directory=directory,
         graphs=graph.graphs,
         owned=lambda: graph.partitions.owned,
+        served=lambda: graph.partitions.served,
         ready=lambda: all(follower.ready.is_set() for follower in followed),
     ).register(app)
 
