@@ -136,6 +136,7 @@ class WorkerProcess:
             "LINKWATCH_PARTITIONS": str(settings.partitions),
             "LINKWATCH_DATA_DIR": str(settings.data_dir),
             "LINKWATCH_WEB_PORT": str(self.port),
+            "LINKWATCH_INTAKE_PROCESSES": str(settings.intake_processes),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warn"],
@@ -303,6 +304,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_of(pid: int) -> list[int]:
+    """A worker's intake processes (streams/offload.py); not multiprocessing's resource
+    tracker, which idles beside them."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
 class CpuMeter:
     """CPU seconds each named process spends between start() and stop()."""
 
@@ -325,10 +338,13 @@ class CpuMeter:
         return {name: round(spent / self.wall, 2) for name, spent in self.spent.items()}
 
 
-def settings_for(broker: EmbeddedBroker, workdir: Path, namespace: str) -> Settings:
+def settings_for(
+    broker: EmbeddedBroker, workdir: Path, namespace: str, **overrides: Any
+) -> Settings:
     settings = Settings(
-        bootstrap=broker.bootstrap, namespace=namespace, data_dir=workdir / namespace
-    )
+        bootstrap=broker.bootstrap, namespace=namespace, data_dir=workdir / namespace,
+        **overrides,
+    )  # fmt: skip
     create_topics(settings)
     return settings
 
@@ -342,7 +358,14 @@ def run_pipeline(
     try:
         for worker in started:
             worker.wait_ready()
+            deadline = time.monotonic() + 30
+            while (len(children_of(worker.process.pid)) < settings.intake_processes
+                   and time.monotonic() < deadline):  # fmt: skip
+                time.sleep(0.1)
         pids = {f"worker{i + 1}": w.process.pid for i, w in enumerate(started)}
+        # Each worker's intake processes, named apart: where the worker's second core goes.
+        pids |= {f"worker{i + 1}.intake{j + 1}": child for i, w in enumerate(started)
+                 for j, child in enumerate(children_of(w.process.pid))}  # fmt: skip
         meter = CpuMeter(pids | {"broker": broker.pid})
         total = _Total(started)
         rate = end_to_end(total, expected, timeout=3600, meter=meter)  # type: ignore[arg-type]
@@ -529,6 +552,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             worker.stop()
 
+        say("one worker, intake in its own process (LINKWATCH_INTAKE_PROCESSES=0)")
+        alone_settings = settings_for(broker, workdir, "bench-alone", intake_processes=0)
+        asyncio.run(produce(alone_settings.bootstrap, alone_settings.reports_topic, messages))
+        alone = run_pipeline(broker, alone_settings, workdir, 1, len(messages))
+        alone["workers"][0].stop()
+
         say("two workers, same input")
         pair_settings = settings_for(broker, workdir, "bench-pair")
         asyncio.run(produce(pair_settings.bootstrap, pair_settings.reports_topic, messages))
@@ -561,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         "worker_cpu_us_per_report": one["cpu_us_per_report"],
         "broker_cpu_us_per_report": one["broker_cpu_us_per_report"],
         "cores_one_worker": one["cores"],
+        "intake_processes": settings.intake_processes,
+        "no_intake_process_per_s": round(alone["per_s"]),
+        "no_intake_process_cores": alone["cores"],
         "latency_load_per_s": round(one["per_s"] / 2),
         "p50_alert_latency_ms": round(percentile(latencies, 0.50) * 1000, 1),
         "p99_alert_latency_ms": round(percentile(latencies, 0.99) * 1000, 1),
