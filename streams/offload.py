@@ -63,7 +63,7 @@ class Offload(Generic[C, R]):
         if len(pieces) > self.width:
             raise ValueError(f"{len(pieces)} pieces for {self.width} processes")
         if not self._children:
-            return [self._here(piece) for piece in pieces]
+            return [self.here(piece) for piece in pieces]
         children = self._children[: len(pieces)]
         runs = (self._run(child, piece) for child, piece in zip(children, pieces, strict=True))
         return list(await asyncio.gather(*runs))
@@ -85,9 +85,10 @@ class Offload(Generic[C, R]):
                       type(exc).__name__, child.exitcode)  # fmt: skip
             self.metrics.internal_errors.inc()
             child.restart()
-            return self._here(piece)
+            return self.here(piece)
 
-    def _here(self, piece: tuple[Any, ...]) -> R:
+    def here(self, piece: tuple[Any, ...]) -> R:
+        """The work on one piece in this process."""
         if self._context is None:
             self._context = self.make_context()
         return self.work(*piece, self._context)
