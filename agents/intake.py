@@ -91,7 +91,7 @@ async def validated(
     """`validate_batch` over fetched records, split across the offload's processes (or
     here, for a batch of fewer than `smallest` records)."""
     if len(records) < smallest:
-        return offload.here(_pieces(records, 1)[0])
+        return offload.here(_piece(records))
     pieces = _pieces(records, offload.width)
     return _joined(pieces, await offload.map(pieces))
 
@@ -100,13 +100,14 @@ async def validated(
 Piece = tuple[list[bytes | None], list[int]]
 
 
+def _piece(records: list[Any]) -> Piece:
+    return [record.value for record in records], [record.partition for record in records]
+
+
 def _pieces(records: list[Any], count: int) -> list[Piece]:
-    """The batch in `count` consecutive pieces (values, partitions), for as many processes."""
+    """The batch in `count` consecutive pieces, for as many processes."""
     size = -(-len(records) // count) or 1
-    return [
-        ([record.value for record in part], [record.partition for record in part])
-        for part in (records[start : start + size] for start in range(0, len(records), size))
-    ]
+    return [_piece(records[start : start + size]) for start in range(0, len(records), size)]
 
 
 def _joined(pieces: list[Piece], results: list[Validated]) -> Validated:
