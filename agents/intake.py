@@ -77,21 +77,8 @@ def make_intake(
     return intake
 
 
-# Batches smaller than this are validated in the worker: a round trip to a child process
-# costs several milliseconds of handing over (a thread, the GIL, the event loop's turn),
-# while 1,000 reports cost about 35 ms here. Under a backlog, batches are 2,000-16,000
-# reports and go to the children; at half the sustainable rate they are a few hundred, and
-# measured produce-to-alert latency was 140 ms (p50) in the worker and 214 ms offloaded.
-OFFLOAD_SMALLEST = 1_000
-
-
-async def validated(
-    offload: Offload[Pseudonyms, Validated], records: list[Any], smallest: int = OFFLOAD_SMALLEST
-) -> Validated:
-    """`validate_batch` over fetched records, split across the offload's processes (or
-    here, for a batch of fewer than `smallest` records)."""
-    if len(records) < smallest:
-        return offload.here(_piece(records))
+async def validated(offload: Offload[Pseudonyms, Validated], records: list[Any]) -> Validated:
+    """`validate_batch` over fetched records, split across the offload's processes."""
     pieces = _pieces(records, offload.width)
     return _joined(pieces, await offload.map(pieces))
 

@@ -66,7 +66,7 @@ def test_child_processes_give_what_the_worker_itself_gives(
 ) -> None:
     records = _batch(1_234)
     here = asyncio.run(validated(_offload(offloads, 0), records))
-    there = asyncio.run(validated(_offload(offloads, count), records, smallest=0))
+    there = asyncio.run(validated(_offload(offloads, count), records))
     # Each piece is packed on its own, so compare the rows, not where the packs split.
     assert _rows(there) == _rows(here) and there[1] == here[1]
     rows, rejected = _rows(here), here[1]
@@ -78,18 +78,6 @@ def test_child_processes_give_what_the_worker_itself_gives(
     assert [row[-1] for row in rows] == [r.partition for r in valid]
 
 
-def test_a_small_batch_is_validated_in_the_worker(
-    offloads: list[Offload[Pseudonyms, Validated]],
-) -> None:
-    offload = _offload(offloads, 1)
-    (child,) = offload.pids
-    os.kill(child, signal.SIGKILL)  # a batch sent to it would be counted as an error
-    records = _batch(50)
-    expected = asyncio.run(validated(_offload(offloads, 0), records, smallest=0))
-    assert asyncio.run(validated(offload, records, smallest=51)) == expected
-    assert offload.metrics.internal_errors._value.get() == 0
-
-
 def _rows(result: Validated) -> list[list[object]]:
     return [row for message in result[0] for row in orjson.loads(message)]
 
@@ -98,14 +86,31 @@ def test_a_child_that_dies_costs_no_batch(offloads: list[Offload[Pseudonyms, Val
     offload = _offload(offloads, 1)
     records = _batch(300)
     expected = asyncio.run(validated(_offload(offloads, 0), records))
-    assert asyncio.run(validated(offload, records, smallest=0)) == expected  # the child is up
+    assert asyncio.run(validated(offload, records)) == expected  # the child is up
     (first,) = offload.pids
     os.kill(first, signal.SIGKILL)
     errors_before = offload.metrics.internal_errors._value.get()
     # Done in the worker instead:
-    assert asyncio.run(validated(offload, records, smallest=0)) == expected
+    assert asyncio.run(validated(offload, records)) == expected
     assert offload.metrics.internal_errors._value.get() == errors_before + 1
     (second,) = offload.pids
     assert second != first
-    assert asyncio.run(validated(offload, records, smallest=0)) == expected  # by the new child
+    assert asyncio.run(validated(offload, records)) == expected  # by the new child
     assert offload.metrics.internal_errors._value.get() == errors_before + 1
+
+
+def test_a_child_that_does_not_answer_is_replaced(
+    offloads: list[Offload[Pseudonyms, Validated]],
+) -> None:
+    offload = _offload(offloads, 1)
+    offload.timeout = 1.0
+    records = _batch(300)
+    expected = asyncio.run(validated(_offload(offloads, 0), records))
+    assert asyncio.run(validated(offload, records)) == expected
+    (stopped,) = offload.pids
+    os.kill(stopped, signal.SIGSTOP)  # alive, but answers nothing
+    assert asyncio.run(validated(offload, records)) == expected  # in the worker
+    assert offload.metrics.internal_errors._value.get() == 1
+    (replacement,) = offload.pids
+    assert replacement != stopped
+    assert asyncio.run(validated(offload, records)) == expected
