@@ -47,6 +47,14 @@ class ResolveStage:
             settings.bootstrap, settings.identity_topic, self._create, self._apply
         )
 
+    def expire_some(self) -> bool:
+        """A step of the resolver's retention (`AliasResolver.forget_some`); True if more
+        is due."""
+        behind = [state.resolver.forget_some() for state in self.partitions.states()]
+        for state in self.partitions.states():
+            self.metrics.accounts.set(state.resolver.accounts)
+        return any(behind)
+
     async def _create(self, partition: int) -> _Resolving:
         settings = self.settings
         resolver = AliasResolver(

@@ -47,6 +47,9 @@ PROMETHEUS_CONTENT_TYPE = "; ".join(
     part for part in CONTENT_TYPE_LATEST.split("; ") if not part.startswith("charset=")
 )
 HEARTBEAT_INTERVAL = 1.0
+# Trailing expiry's pause between slices while it is behind, and between checks when not.
+EXPIRY_PAUSE = 0.02
+EXPIRY_IDLE = 1.0
 
 
 def build_app(
@@ -104,6 +107,16 @@ def build_app(
     agent(topics[settings.identity_topic], name="resolve")(make_resolve_agent(resolve))
     agent(topics[settings.actor_reports_topic], name="graph")(make_graph_agent(graph))
     stateful = (resolve.partitions, graph.partitions)
+
+    async def expire_trailing() -> None:
+        """Expiry and retention that trail the watermark, a slice per turn: after a jump in
+        event time they never hold up the loop for long, and memory comes back even when
+        no more reports arrive (`RollingGraph.expire_some`, `AliasResolver.forget_some`)."""
+        while True:
+            behind = [stage.expire_some() for stage in (resolve, graph)]
+            await asyncio.sleep(EXPIRY_PAUSE if any(behind) else EXPIRY_IDLE)
+
+    app.task(expire_trailing)
 
     # Faust signals call receivers as (sender, *args, signal=..., **kwargs).
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -148,11 +148,29 @@ def test_retention_forgets_actors_and_values_the_window_has_left_behind() -> Non
     resolver.resolve(dated("c", 2, phone_hash="p1"))
     assert (resolver.accounts, resolver.values) == (3, 2)
     resolver.resolve(dated("z", 100))  # the window has slid past all of them
-    assert (resolver.accounts, resolver.values) == (1, 0)
     # Reusing the old device links nothing: the uses that linked it are gone.
     fresh = resolver.resolve(dated("d", 101, device_id="d1"))
     assert fresh.links == () and fresh.actor_id == actor("d")
     assert resolver.resolve(dated("a", 102, device_id="d1")).actor_id == actor("d")
+    # Retention checks a few accounts and values per report; two reports later the old
+    # accounts (b, c) and values (p1) are gone: left are z, d, a and the device d1 anew.
+    resolver.resolve(dated("z", 103))
+    resolver.resolve(dated("z", 104))
+    assert (resolver.accounts, resolver.values) == (3, 1)
+
+
+def test_an_account_whose_actor_left_the_window_is_a_new_actor_before_retention_runs() -> None:
+    resolver = AliasResolver(SECRET, window_seconds=30 * DAY)
+    for n in range(20):  # twenty days of pairs of linked accounts, for retention to do
+        resolver.resolve(dated(f"old{n}", n, device_id=f"d{n // 2}"))
+    assert resolver.actor_of("chirp:old19") == actor("old18")
+    resolver.resolve(dated("z", 200))
+    assert resolver.accounts > 10  # not all forgotten yet: a few per report
+    again = resolver.resolve(dated("old19", 201, device_id="d9"))
+    assert again.actor_id == actor("old19") and again.links == () and again.merges == ()
+    while resolver.forget_some():  # as the worker's timer does when no reports come
+        pass
+    assert (resolver.accounts, resolver.values) == (2, 1)  # z, old19 and its device
 
 
 def test_an_actor_with_one_recent_account_keeps_all_its_accounts() -> None:

@@ -134,6 +134,27 @@ def test_edges_expire_when_the_newest_event_moves_past_the_window() -> None:
     assert rolling.live_edges == 1
 
 
+def test_after_a_jump_in_event_time_expiry_trails_but_no_actor_is_judged_by_old_edges() -> None:
+    rolling = graph(window_days=30)
+    for n in range(50):  # fifty actors, each with victims in two regions
+        for i, region in enumerate(("norfolk", "suffolk")):
+            rolling.apply(f"actor-{n}", report(f"a{n}", f"v{n}-{i}", region), now=0)
+    assert rolling.live_edges == 100
+    # A year later: the next record expires a slice of the old actors, not all of them.
+    rolling.apply("actor-new", report("new", "x", "kent", at=timedelta(days=365)), now=0)
+    assert 1 < rolling.live_edges < 100
+    # An old actor's next victim is judged by its window alone: one region, no alert.
+    later = report("a49", "v49-2", "kent", at=timedelta(days=365))
+    assert rolling.apply("actor-49", later, now=0).alerts == ()
+    assert rolling.actor("actor-49").regions() == {"kent"}  # type: ignore[union-attr]
+    # What readers see is the window as it is, and expiry can be caught up in slices.
+    assert rolling.actor("actor-25") is None
+    while rolling.expire_some(10):
+        pass
+    assert rolling.live_edges == 2
+    assert sorted(actor.actor_id for actor in rolling.actors()) == ["actor-49", "actor-new"]
+
+
 def test_a_new_report_keeps_an_edge_alive() -> None:
     rolling = graph(window_days=30)
     reports = [
