@@ -478,7 +478,7 @@ class RollingGraph:
         its own window first (`_advance`). So it may trail the watermark, and does after a
         jump in event time (a partner's backlog replayed, a quiet partition waking up):
         the edges that left the window at once are then removed a slice at a time, by the
-        records that follow and by the graph agent's expiry task, instead of in one pass
+        records that follow and by the worker's expiry timer, instead of in one pass
         that held up the event loop (320 ms for 200,000 edges, seconds for millions)."""
         return self._expire(self.watermark - self.window_seconds, budget)
 
