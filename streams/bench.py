@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             worker.stop()
 
-        say("one worker, intake in its own process (LINKWATCH_INTAKE_PROCESSES=0)")
+        say("one worker without its intake process (LINKWATCH_INTAKE_PROCESSES=0)")
         alone_settings = settings_for(broker, workdir, "bench-alone", intake_processes=0)
         asyncio.run(produce(alone_settings.bootstrap, alone_settings.reports_topic, messages))
         alone = run_pipeline(broker, alone_settings, workdir, 1, len(messages))
