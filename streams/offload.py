@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from streams.metrics import Metrics
 
-__all__ = ["Offload"]
+__all__ = ["TIMEOUT", "Offload"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import pytest
 from agents.intake import Validated, validate_batch, validated
 from graph.identity import Pseudonyms
 from streams.metrics import Metrics
-from streams.offload import Offload
+from streams.offload import TIMEOUT, Offload
 from streams.settings import Settings
 from tests.factories import encode, make_report
 
@@ -103,14 +103,16 @@ def test_a_child_that_does_not_answer_is_replaced(
     offloads: list[Offload[Pseudonyms, Validated]],
 ) -> None:
     offload = _offload(offloads, 1)
-    offload.timeout = 1.0
     records = _batch(300)
     expected = asyncio.run(validated(_offload(offloads, 0), records))
-    assert asyncio.run(validated(offload, records)) == expected
+    assert asyncio.run(validated(offload, records)) == expected  # the child is up
+    offload.timeout = 1.0  # not before: a spawned child takes about a second to start
     (stopped,) = offload.pids
     os.kill(stopped, signal.SIGSTOP)  # alive, but answers nothing
     assert asyncio.run(validated(offload, records)) == expected  # in the worker
     assert offload.metrics.internal_errors._value.get() == 1
     (replacement,) = offload.pids
     assert replacement != stopped
+    offload.timeout = TIMEOUT  # the replacement starts up too
     assert asyncio.run(validated(offload, records)) == expected
+    assert offload.metrics.internal_errors._value.get() == 1  # it answered
