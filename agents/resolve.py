@@ -50,10 +50,11 @@ class ResolveStage:
     def expire_some(self) -> bool:
         """A step of the resolver's retention (`AliasResolver.forget_some`); True if more
         is due."""
-        behind = [state.resolver.forget_some() for state in self.partitions.states()]
-        for state in self.partitions.states():
+        behind = False
+        for state in self.partitions.states():  # one: the identity topic's partition
+            behind |= state.resolver.forget_some()
             self.metrics.accounts.set(state.resolver.accounts)
-        return any(behind)
+        return behind
 
     async def _create(self, partition: int) -> _Resolving:
         settings = self.settings

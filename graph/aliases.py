@@ -205,10 +205,15 @@ class AliasResolver:
             known_actor = account in self._parent
             actor = self.actor_of(account) if known_actor else actor_id_for(account, self.secret)
             return Resolution(actor, watermark=self.watermark)
-        if account in self._parent and self._seen[self._find(account)] < cutoff:
-            # Its actor left the window and retention has not got to it yet: as forgotten.
-            self._forget(self._find(account))
         new = account not in self._parent
+        if not new:
+            root = self._find(account)
+            if self._seen[root] < cutoff:
+                # Its actor left the window and retention has not got to it yet: as forgotten.
+                self._forget(root)
+                new = True
+            elif moment > self._seen[root]:
+                self._seen[root] = moment
         if new:
             self._parent[account] = account
             self._founder[account] = self._order
@@ -216,10 +221,6 @@ class AliasResolver:
             self._seen[account] = moment
             self._file(self._roots_due, account, moment)
             self._order += 1
-        else:
-            root = self._find(account)
-            if moment > self._seen[root]:
-                self._seen[root] = moment
         new_actor = self._actor_ids[account] if new else None
         links: list[Link] = []
         merges: list[Merge] = []

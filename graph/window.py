@@ -590,6 +590,8 @@ class RollingGraph:
         """Remove the edges older than `cutoff` of up to `budget` actors (not pinned ones);
         True if more actors have such edges."""
         expiry, pinned = self._expiry, []
+        if not expiry or expiry[0][0] >= cutoff:
+            return False  # nothing due: what nearly every record finds
         while expiry and expiry[0][0] < cutoff and budget > 0:
             entry = heapq.heappop(expiry)
             actor = self._actors.get(entry[1])
