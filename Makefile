@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser deploy-tools run test unit integration lint typecheck deploy-check bench bench-quick eval clean
+.PHONY: install compile clean-compiled compiler browser deploy-tools run test unit integration lint typecheck deploy-check bench bench-quick eval clean
 
 install: $(STAMP)
 
@@ -15,10 +15,34 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: install
+# The stateful core (validation, aliases, the rolling graph, the rule) compiled in place with
+# mypyc: the same typed source, about a quarter less CPU per report (README, "Performance").
+# A compiled module is imported before its source, so graph/__init__.py refuses to import
+# one older than its source; `make clean-compiled` goes back to running the source.
+COMPILED := graph/aliases.py graph/contract.py graph/identity.py graph/privacy.py \
+	graph/records.py graph/rules.py graph/watermark.py graph/window.py
+COMPILE_STAMP := graph/.compiled
+
+compile: $(COMPILE_STAMP)
+
+$(COMPILE_STAMP): $(STAMP) $(COMPILED) | compiler
+	mkdir -p build
+	$(BIN)/mypyc $(COMPILED) >build/mypyc.log 2>&1 || { tail -40 build/mypyc.log; exit 1; }
+	touch graph/*.so  # setuptools keeps an unchanged module's old time when it copies it
+	touch $@
+
+compiler:
+	@command -v gcc >/dev/null || { \
+	  echo "installing Debian's gcc to compile the stateful core"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null; }
+
+clean-compiled:
+	rm -f graph/*.so ./*__mypyc*.so $(COMPILE_STAMP)
+
+run: install compile
 	$(BIN)/linkwatch run --demo
 
-test: install browser deploy-tools lint typecheck
+test: install compile browser deploy-tools lint typecheck
 	$(BIN)/pytest tests
 
 # The console test drives Debian's Chromium (Playwright's own browser download is not used).
@@ -34,10 +58,10 @@ deploy-tools:
 	  echo "installing Debian's docker-compose for the deploy tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 
-unit: install
+unit: install compile
 	$(BIN)/pytest tests/unit
 
-integration: install
+integration: install compile
 	$(BIN)/pytest tests/integration
 
 lint: install
@@ -56,15 +80,15 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) compile
 	$(BIN)/python -m streams.bench
 
-eval: install
+eval: install compile
 	$(BIN)/python -m streams.evaluate
 
-bench-quick: $(BENCH_STAMP)
+bench-quick: $(BENCH_STAMP) compile
 	$(BIN)/python -m streams.bench --reports 30000 --latency-cases 50 --replay-lines 200000 \
 	  --curve 100000,300000,1000000 --out bench/result-quick.json --plot bench/throughput-memory-quick.png
 
-clean:
+clean: clean-compiled
 	rm -rf $(VENV) .linkwatch .pytest_cache .mypy_cache .ruff_cache

@@ -152,15 +152,14 @@ class Edge:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> Edge:
-        edge = cls.__new__(cls)
-        edge.victim = document["victim"]
-        edge.region = _add(None, document["region"])  # type: ignore[assignment]
-        edge.first_seen = float(document["first_seen"])
+        edge = cls(document["victim"], document["region"], float(document["first_seen"]),
+                   document["report_ids"][0], document["categories"][0],
+                   document["accounts"][0])  # fmt: skip
         edge.last_seen = float(document["last_seen"])
         edge._regions = _union(edge.region, document["regions"])
-        edge._categories = _union(_add(None, document["categories"][0]), document["categories"])
-        edge._report_ids = _union(document["report_ids"][0], document["report_ids"])
-        edge._accounts = _union(document["accounts"][0], document["accounts"])
+        edge._categories = _union(edge._categories, document["categories"])
+        edge._report_ids = _union(edge._report_ids, document["report_ids"])
+        edge._accounts = _union(edge._accounts, document["accounts"])
         return edge
 
 
@@ -545,7 +544,8 @@ class RollingGraph:
 
     def _alert(self, actor: Actor, kind: str, level: int, edges: list[Edge], now: float) -> Alert:
         reveal = self.reveal
-        accounts = {reveal(a) for edge in edges for a in _items(edge._accounts)}
+        # Each distinct token opened once: an actor's edges share a few accounts.
+        accounts = {reveal(a) for a in {a for edge in edges for a in _items(edge._accounts)}}
         first_seen = min(edge.first_seen for edge in edges)
         last_seen = max(edge.last_seen for edge in edges)
         victims_by_region: dict[str, int] = {}

@@ -20,6 +20,7 @@ from agents.graph import GraphStage, make_graph_agent
 from agents.intake import make_intake
 from agents.resolve import ResolveStage, make_resolve_agent
 from agents.webhooks import make_webhooks
+from graph import compiled
 from graph.contract import partition_key
 from graph.lifecycle import AlertBook
 from streams import memory
@@ -60,6 +61,8 @@ def build_app(
 ) -> faust.App:
     """The worker. `console` is called with each alert on the alerts topic (all-in-one mode);
     `demo` messages are pushed to the reports topic once the worker runs."""
+    if not compiled():
+        log.warning("the stateful core runs interpreted, about a quarter slower: `make compile`")
     app = LinkwatchApp(
         settings.namespace,
         broker=f"kafka://{settings.bootstrap}",

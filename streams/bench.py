@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from graph import compiled
 from graph.aliases import AliasResolver
 from graph.contract import Report, parse_report, partition_key
 from graph.pipeline import Pipeline
@@ -591,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         "broker_cpu_us_per_report": one["broker_cpu_us_per_report"],
         "cores_one_worker": one["cores"],
         "intake_processes": settings.intake_processes,
+        "compiled_core": compiled(),
         "no_intake_process_per_s": round(alone["per_s"]),
         "no_intake_process_cores": alone["cores"],
         "latency_load_per_s": round(one["per_s"] / 2),
