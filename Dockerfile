@@ -12,10 +12,24 @@ COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY agents ./agents
 COPY graph ./graph
+# gcc for mypyc: the modules whose first line says "mypyc: compiled" are compiled as
+# `make compile` does, in a build venv, and copied next to their sources in the runtime
+# venv (touched, so graph/__init__.py sees them newer than their sources).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/linkwatch \
  && /opt/linkwatch/bin/pip install --upgrade pip \
  && /opt/linkwatch/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/linkwatch/bin/pip install /wheels/linkwatch-*.whl \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install /wheels/linkwatch-*.whl mypy==2.4.1 \
+ && /opt/build/bin/mypyc $(grep -l '^# mypyc: compiled' graph/*.py) \
+ && site=$(/opt/linkwatch/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+ && cp graph/*.so "$site/graph/" \
+ && cp ./*__mypyc*.so "$site/" \
+ && touch "$site"/graph/*.so \
+ && /opt/linkwatch/bin/python -c 'import graph, sys; sys.exit(not graph.compiled())' \
  && /opt/linkwatch/bin/linkwatch --help >/dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """Alias linking: offender accounts that share a strong signal are one actor.
 
 The resolver is a union-find over offender accounts (`platform:account`). A report whose

@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """The report contract: how one message from a platform becomes a Report or a Rejection."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """Pseudonyms: identifiers that can point to a person never enter linkwatch's state as they are.
 
 At intake every report's identifiers are replaced, before anything is written to an

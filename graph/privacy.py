@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """What a report becomes at intake, before linkwatch keeps or forwards any of it.
 
 The identifiers are replaced by pseudonyms (graph/identity.py), the free text by its

@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """The actor-reports record protocol: how reports and merges reach the partition graphs.
 
 The resolver turns each report into records keyed by actor id. For a merge of actor Y into

@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """The cross-region rule and the alert it raises: the alert contract lives here."""
 
 from __future__ import annotations

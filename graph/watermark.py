@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """The event-time watermark: how far the whole stream has got, judged by its slowest part.
 
 Reports reach the resolver from several input partitions, and Kafka hands a consumer a

@@ -1,3 +1,4 @@
+# mypyc: compiled by `make compile` (graph/__init__.py); keep it fully typed.
 """The rolling actor-victim graph of one partition: event-time window, expiry, merges, the rule.
 
 Memory and time per report are what bound linkwatch (the performance issue), so the layout
