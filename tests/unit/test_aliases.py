@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from graph.aliases import AliasResolver, Link, Merge, opener_of
 from graph.contract import Report, parse_report
 from graph.identity import actor_id_for
@@ -171,6 +173,20 @@ def test_an_account_whose_actor_left_the_window_is_a_new_actor_before_retention_
     while resolver.forget_some():  # as the worker's timer does when no reports come
         pass
     assert (resolver.accounts, resolver.values) == (2, 1)  # z, old19 and its device
+
+
+def test_the_tables_give_their_memory_back_once_the_window_has_slid_past_them() -> None:
+    resolver = AliasResolver(SECRET, window_seconds=30 * DAY)
+    for n in range(2_000):  # all inside one window: nothing is forgotten while they arrive
+        resolver.resolve(dated(f"a{n}", n / 100, device_id=f"d{n}"))
+    full = sys.getsizeof(resolver._parent), sys.getsizeof(resolver._values)
+    resolver.resolve(dated("z", 200))
+    while resolver.forget_some():
+        pass
+    # A dict keeps its hash table when entries go; the tables must have been copied down.
+    assert (resolver.accounts, resolver.values) == (1, 0)
+    assert sys.getsizeof(resolver._parent) * 20 < full[0]
+    assert sys.getsizeof(resolver._values) * 20 < full[1]
 
 
 def test_an_actor_with_one_recent_account_keeps_all_its_accounts() -> None:

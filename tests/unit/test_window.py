@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 from graph.contract import Report, parse_report
@@ -153,6 +154,19 @@ def test_after_a_jump_in_event_time_expiry_trails_but_no_actor_is_judged_by_old_
         pass
     assert rolling.live_edges == 2
     assert sorted(actor.actor_id for actor in rolling.actors()) == ["actor-49", "actor-new"]
+
+
+def test_the_actor_table_gives_its_memory_back_once_the_window_has_slid_past_it() -> None:
+    rolling = graph(window_days=30)
+    for n in range(2_000):  # all inside one window: nothing expires while they arrive
+        rolling.apply(f"actor-{n}", report(f"a{n}", f"v{n}", "kent"), now=0)
+    full = sys.getsizeof(rolling._actors)
+    rolling.apply("actor-new", report("new", "x", "kent", at=timedelta(days=365)), now=0)
+    while rolling.expire_some(100):
+        pass
+    # A dict keeps its hash table when entries go; the table must have been copied down.
+    assert len(rolling._actors) == 1
+    assert sys.getsizeof(rolling._actors) * 20 < full
 
 
 def test_a_new_report_keeps_an_edge_alive() -> None:
