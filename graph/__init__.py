@@ -23,7 +23,7 @@ def compiled() -> bool:
     """Whether the stateful core runs compiled (mypyc) rather than interpreted."""
     from graph import window
 
-    return not window.__file__.endswith(".py") if window.__file__ else False
+    return (window.__file__ or "").endswith(".so")
 
 
 refuse_stale_compiled_modules(Path(__file__).parent)

@@ -290,7 +290,8 @@ class AliasResolver:
         below = cutoff // self._bucket  # buckets before this one are wholly before cutoff
         if below > self._checked_below:
             self._checked_below = below
-            # Entries leave once buckets have passed, so the tables are at their peak now.
+            # Retention is what empties the tables, and it starts when a bucket has passed:
+            # they are at their peak now, the peak `right_sized` compares with.
             self._accounts_peak = max(self._accounts_peak, len(self._parent))
             self._values_peak = max(self._values_peak, len(self._values))
             for bucket in self._passed(self._roots_due, below):

@@ -593,7 +593,8 @@ class RollingGraph:
         expiry, pinned = self._expiry, []
         if not expiry or expiry[0][0] >= cutoff:
             return False  # nothing due: what nearly every record finds
-        # Actors leave only here, so the table is at its peak when a slice starts.
+        # Expiry is what empties the table (merges and erasures take a few actors), so
+        # it is at its peak when a slice starts: the peak `right_sized` compares with.
         self._actors_peak = max(self._actors_peak, len(self._actors))
         while expiry and expiry[0][0] < cutoff and budget > 0:
             entry = heapq.heappop(expiry)
