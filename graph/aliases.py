@@ -122,13 +122,58 @@ class Resolution:
 
 class _Value:
     """The accounts that used one signal value, each with when it last did (event time),
-    in the order they first did; `seen` is the newest of those times."""
+    in the order they first did; `seen` is the newest of those times.
+
+    Nearly every value is only ever used by one account, so that account is held alone,
+    its last use being `seen`, and a dict is made when a second one comes (a dict of one
+    costs 184 bytes)."""
 
     __slots__ = ("accounts", "seen")
 
-    def __init__(self) -> None:
-        self.accounts: dict[str, float] = {}
-        self.seen = -math.inf
+    def __init__(self, account: str, moment: float) -> None:
+        self.accounts: str | dict[str, float] = account
+        self.seen = moment
+
+    def use(self, account: str, moment: float) -> bool:
+        """Record that `account` used the value at `moment`; True if it never had."""
+        accounts = self.accounts
+        if isinstance(accounts, str):
+            if accounts == account:
+                self.seen = max(self.seen, moment)
+                return False
+            accounts = self.accounts = {accounts: self.seen}
+        used = accounts.get(account)
+        accounts[account] = moment if used is None else max(used, moment)
+        self.seen = max(self.seen, moment)
+        return used is None
+
+    def first(self) -> str:
+        accounts = self.accounts
+        return accounts if isinstance(accounts, str) else next(iter(accounts))
+
+    def count(self) -> int:
+        return 1 if isinstance(self.accounts, str) else len(self.accounts)
+
+    def drop(self, account: str) -> bool:
+        """Forget one account's uses; True if none are left."""
+        accounts = self.accounts
+        if isinstance(accounts, str):
+            return accounts == account
+        accounts.pop(account, None)
+        return not accounts
+
+
+class _Root:
+    """An actor of the union-find, held at its root account's entry in `_parent`."""
+
+    __slots__ = ("account", "actor_id", "members", "order", "seen")
+
+    def __init__(self, account: str, actor_id: str, order: int, seen: float) -> None:
+        self.account = account  # the root account: the actor's first-seen account
+        self.actor_id = actor_id  # a keyed hash of its founding account: cached
+        self.order = order  # when its founding account was first seen
+        self.seen = seen  # the newest report time of any of its accounts
+        self.members: list[str] | None = None  # the other accounts merged into it
 
 
 class AliasResolver:
@@ -157,11 +202,9 @@ class AliasResolver:
         self.max_accounts_per_signal = max_accounts_per_signal
         self.link_by_text = link_by_text
         self.window_seconds = window_seconds
-        self._parent: dict[str, str] = {}
-        self._founder: dict[str, int] = {}  # root -> when its founding account was first seen
-        self._actor_ids: dict[str, str] = {}  # root -> its actor id (a keyed hash: cached)
-        self._seen: dict[str, float] = {}  # root -> newest report time of any of its accounts
-        self._members: dict[str, list[str]] = {}  # root -> the other accounts merged into it
+        # Every known account: its parent account, or, for an actor's root account, the
+        # actor (one table, where four per-root tables cost 150 bytes an actor more).
+        self._parent: dict[str, str | _Root] = {}
         self._values: dict[str, _Value] = {}
         self._hubs: set[str] = set()
         self._order = 0
@@ -179,7 +222,6 @@ class AliasResolver:
         # accounts; meanwhile `resolve` treats a stale actor as forgotten).
         self._roots_retiring: deque[str] = deque()
         self._values_retiring: deque[str] = deque()
-        self._accounts_peak = self._values_peak = 0
 
     @property
     def accounts(self) -> int:
@@ -194,7 +236,7 @@ class AliasResolver:
         return len(self._values)
 
     def actor_of(self, account: str) -> str:
-        return self._actor_ids[self._find(account)]
+        return self._find(account).actor_id
 
     def resolve(self, report: Report, watermark: float | None = None) -> Resolution:
         """Link one report's account. `watermark` is the stream's (graph/watermark.py);
@@ -209,20 +251,18 @@ class AliasResolver:
         new = account not in self._parent
         if not new:
             root = self._find(account)
-            if self._seen[root] < cutoff:
+            if root.seen < cutoff:
                 # Its actor left the window and retention has not got to it yet: as forgotten.
                 self._forget(root)
                 new = True
-            elif moment > self._seen[root]:
-                self._seen[root] = moment
+            elif moment > root.seen:
+                root.seen = moment
         if new:
-            self._parent[account] = account
-            self._founder[account] = self._order
-            self._actor_ids[account] = actor_id_for(account, self.secret)
-            self._seen[account] = moment
+            root = _Root(account, actor_id_for(account, self.secret), self._order, moment)
+            self._parent[account] = root
             self._file(self._roots_due, account, moment)
             self._order += 1
-        new_actor = self._actor_ids[account] if new else None
+        new_actor = root.actor_id if new else None
         links: list[Link] = []
         merges: list[Merge] = []
         hubs: list[Hub] = []
@@ -235,21 +275,19 @@ class AliasResolver:
                 hubs.append(Hub(signal, self._fingerprint(key), 1))
                 continue
             known = self._values.get(key)
-            if known is None:
-                known = self._values[key] = _Value()
+            if known is None:  # a value first used now links nothing yet
+                self._values[key] = _Value(account, moment)
                 self._file(self._values_due, key, moment)
-            known.seen = max(known.seen, moment)
-            used = known.accounts.get(account)
-            known.accounts[account] = moment if used is None else max(used, moment)
-            if used is not None:
                 continue
+            if not known.use(account, moment):
+                continue  # this account used it before: nothing new to link
             self._drop_stale(known, cutoff)
-            if len(known.accounts) > self.max_accounts_per_signal:
+            if known.count() > self.max_accounts_per_signal:
                 self._hubs.add(key)
                 del self._values[key]
-                hubs.append(Hub(signal, self._fingerprint(key), len(known.accounts)))
+                hubs.append(Hub(signal, self._fingerprint(key), known.count()))
                 continue
-            first = next(iter(known.accounts))
+            first = known.first()
             merge = self._union(first, account)
             if merge is not None:
                 links.append(Link((first, account), signal))
@@ -257,18 +295,23 @@ class AliasResolver:
                 if merge.absorbed != new_actor:
                     merges.append(merge)
         return Resolution(
-            self.actor_of(account), tuple(links), tuple(merges), tuple(hubs), self.watermark
-        )
+            self._find(account).actor_id, tuple(links), tuple(merges), tuple(hubs),
+            self.watermark,
+        )  # fmt: skip
 
     def _drop_stale(self, known: _Value, cutoff: float) -> None:
-        """Uses of a value from before the window, or by forgotten accounts, link nothing."""
+        """Uses of a value from before the window, or by forgotten accounts, link nothing.
+        Called once the value has two accounts or more, one of them the current one."""
+        accounts = known.accounts
+        if isinstance(accounts, str):
+            return
         stale = [
             account
-            for account, used in known.accounts.items()
+            for account, used in accounts.items()
             if used < cutoff or account not in self._parent
         ]
         for account in stale:
-            del known.accounts[account]
+            del accounts[account]
 
     def _file(self, due: dict[int, list[str]], key: str, moment: float) -> None:
         if self.window_seconds is not None:
@@ -290,10 +333,6 @@ class AliasResolver:
         below = cutoff // self._bucket  # buckets before this one are wholly before cutoff
         if below > self._checked_below:
             self._checked_below = below
-            # Retention is what empties the tables, and it starts when a bucket has passed:
-            # they are at their peak now, the peak `right_sized` compares with.
-            self._accounts_peak = max(self._accounts_peak, len(self._parent))
-            self._values_peak = max(self._values_peak, len(self._values))
             for bucket in self._passed(self._roots_due, below):
                 self._roots_retiring.extend(bucket)
             for bucket in self._passed(self._values_due, below):
@@ -303,12 +342,12 @@ class AliasResolver:
             return cutoff
         while roots and budget > 0:
             root, budget = roots.popleft(), budget - 1
-            seen = self._seen.get(root)
-            if seen is not None and self._parent.get(root) == root:
-                if seen < cutoff:
-                    self._forget(root)
+            actor = self._parent.get(root)
+            if isinstance(actor, _Root):  # still a root: not merged away, not forgotten
+                if actor.seen < cutoff:
+                    self._forget(actor)
                 else:
-                    self._file(self._roots_due, root, seen)
+                    self._file(self._roots_due, root, actor.seen)
         while values and budget > 0:
             key, budget = values.popleft(), budget - 1
             known = self._values.get(key)
@@ -317,12 +356,8 @@ class AliasResolver:
             elif known is not None:
                 self._file(self._values_due, key, known.seen)
         if not (roots or values):  # caught up: the tables may shrink
-            self._values, self._values_peak = right_sized(self._values, self._values_peak)
-            self._parent, peak = right_sized(self._parent, self._accounts_peak)
-            if peak < self._accounts_peak:  # the per-root tables shrink with it
-                self._founder, self._actor_ids = dict(self._founder), dict(self._actor_ids)
-                self._seen, self._members = dict(self._seen), dict(self._members)
-            self._accounts_peak = peak
+            self._values = right_sized(self._values)
+            self._parent = right_sized(self._parent)
         return cutoff
 
     @staticmethod
@@ -337,34 +372,27 @@ class AliasResolver:
         if account not in self._parent:
             return None
         root = self._find(account)
-        actor_id = self._actor_ids[root]
-        rest = [member for member in (root, *self._members.pop(root, ())) if member != account]
+        rest = [member for member in (root.account, *(root.members or ())) if member != account]
         del self._parent[account]
-        founder, seen = self._founder.pop(root), self._seen.pop(root)
-        del self._actor_ids[root]
         if rest:  # the first remaining account is the root now, with the actor's identity
             new_root = rest[0]
-            for member in rest:
+            for member in rest[1:]:
                 self._parent[member] = new_root
-            self._founder[new_root], self._seen[new_root] = founder, seen
-            self._actor_ids[new_root] = actor_id
-            if rest[1:]:
-                self._members[new_root] = rest[1:]
-            self._file(self._roots_due, new_root, seen)
+            root.account, root.members = new_root, rest[1:] or None
+            self._parent[new_root] = root
+            self._file(self._roots_due, new_root, root.seen)
         for key in list(self._values):
-            known = self._values[key]
-            if known.accounts.pop(account, None) is not None and not known.accounts:
+            if self._values[key].drop(account):
                 del self._values[key]
         for bucket in self._roots_due.values():
             if account in bucket:
                 bucket[:] = [root for root in bucket if root != account]
-        return actor_id
+        return root.actor_id
 
-    def _forget(self, root: str) -> None:
+    def _forget(self, root: _Root) -> None:
         """Forget an actor whose every account's last report has left the window."""
-        for account in (root, *self._members.pop(root, ())):
+        for account in (root.account, *(root.members or ())):
             del self._parent[account]
-        del self._founder[root], self._actor_ids[root], self._seen[root]
 
     def _strong_signals(self, report: Report) -> list[tuple[str, str]]:
         signals = [
@@ -378,25 +406,30 @@ class AliasResolver:
                 signals.append((OPENER, opener))
         return signals
 
-    def _find(self, account: str) -> str:
+    def _find(self, account: str) -> _Root:
         parent = self._parent
-        root = account
-        while parent[root] != root:
-            root = parent[root]
-        while parent[account] != root:  # path compression
-            parent[account], account = root, parent[account]
-        return root
+        node = parent[account]
+        if isinstance(node, _Root):
+            return node
+        root = node  # walk up to the root account
+        above = parent[root]
+        while not isinstance(above, _Root):
+            root, above = above, parent[above]
+        while account != root:  # path compression
+            below = parent[account]
+            parent[account] = root
+            account = below  # type: ignore[assignment]  # below the root: an account
+        return above
 
     def _union(self, first: str, second: str) -> Merge | None:
         a, b = self._find(first), self._find(second)
-        if a == b:
+        if a is b:
             return None
-        older, newer = (a, b) if self._founder[a] < self._founder[b] else (b, a)
-        self._parent[newer] = older
-        del self._founder[newer]
-        self._seen[older] = max(self._seen[older], self._seen.pop(newer))
-        self._members.setdefault(older, []).extend((newer, *self._members.pop(newer, ())))
-        return Merge(absorbed=self._actor_ids.pop(newer), into=self._actor_ids[older])
+        older, newer = (a, b) if a.order < b.order else (b, a)
+        self._parent[newer.account] = older.account
+        older.seen = max(older.seen, newer.seen)
+        older.members = [*(older.members or ()), newer.account, *(newer.members or ())]
+        return Merge(absorbed=newer.actor_id, into=older.actor_id)
 
     def _fingerprint(self, key: str) -> str:
         return hmac.new(self.secret, key.encode(), hashlib.sha256).hexdigest()[:16]

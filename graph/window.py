@@ -323,7 +323,6 @@ class RollingGraph:
         self.watermark = -math.inf
         self.live_edges = 0
         self._actors: dict[str, Actor] = {}
-        self._actors_peak = 0
         # Highest serial level alerted per actor; kept after an actor expires or merges,
         # so that an alert id (actor + level) is never raised twice.
         self._raised: dict[str, int] = {}
@@ -593,9 +592,6 @@ class RollingGraph:
         expiry, pinned = self._expiry, []
         if not expiry or expiry[0][0] >= cutoff:
             return False  # nothing due: what nearly every record finds
-        # Expiry is what empties the table (merges and erasures take a few actors), so
-        # it is at its peak when a slice starts: the peak `right_sized` compares with.
-        self._actors_peak = max(self._actors_peak, len(self._actors))
         while expiry and expiry[0][0] < cutoff and budget > 0:
             entry = heapq.heappop(expiry)
             actor = self._actors.get(entry[1])
@@ -613,7 +609,7 @@ class RollingGraph:
         for entry in pinned:
             heapq.heappush(expiry, entry)
         if not behind:
-            self._actors, self._actors_peak = right_sized(self._actors, self._actors_peak)
+            self._actors = right_sized(self._actors)
         return behind
 
     def _expire_actor(self, actor_id: str, cutoff: float) -> None:
