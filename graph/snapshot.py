@@ -64,7 +64,7 @@ def _add_actor(G: nx.DiGraph, actor: Actor, level: int) -> None:
         regions=len(regions),
         level=level,
     )
-    for edge in actor.edges.values():
+    for edge in actor.edges():
         victim = _victim_node(edge.victim)
         G.add_node(
             victim,
@@ -152,7 +152,7 @@ def actor_detail(
             "first_seen": format_time(edge.first_seen),
             "last_seen": format_time(edge.last_seen),
         }
-        for edge in sorted(actor.edges.values(), key=lambda edge: edge.first_seen)
+        for edge in sorted(actor.edges(), key=lambda edge: edge.first_seen)
     ]
     return {
         "actor_id": actor_id,

@@ -33,6 +33,9 @@ EXPIRE_PER_RECORD = 2
 # A multi-valued field: one value, a small tuple, or (past _SET_AFTER values) a set.
 Values = str | tuple[str, ...] | set[str]
 _SET_AFTER = 8
+# An actor's edges: a tuple, searched in order, up to this many victims (most actors have
+# one to three: a tuple of three is 64 bytes, a dict 184-272), then a dict by victim.
+_TUPLE_EDGES = 8
 
 
 def _add(values: Values | None, value: str) -> Values:
@@ -167,8 +170,8 @@ class Edge:
 class _Timeline:
     """An actor's victims' first-report times, sorted, with its episode count kept current.
 
-    Only actors with enough victims to alert have one; it turns "recount the episodes of
-    300 victims" (a brigade) into a bisect per new victim.
+    Actors with enough victims for a brigade keep one; it turns "recount the episodes of
+    300 victims" into a bisect per new victim.
     """
 
     __slots__ = ("episodes", "gap", "regions", "times")
@@ -217,16 +220,65 @@ class _Timeline:
 class Actor:
     """One actor: live edges, the links that joined its accounts, and openers they used."""
 
-    __slots__ = ("_links", "_merged", "_openers", "actor_id", "edges", "expires_at", "timeline")
+    __slots__ = ("_edges", "_links", "_merged", "_openers", "actor_id", "expires_at", "timeline")
 
     def __init__(self, actor_id: str) -> None:
         self.actor_id = actor_id
-        self.edges: dict[str, Edge] = {}
+        self._edges: tuple[Edge, ...] | dict[str, Edge] = ()  # see _TUPLE_EDGES
         self._links: dict[Link, None] | None = None  # most actors have none
         self._openers: dict[str, set[str]] | None = None
         self._merged: set[str] | None = None
         self.expires_at = math.inf  # the earliest last_seen its heap entry was pushed with
-        self.timeline: _Timeline | None = None  # built when first needed; None = rebuild
+        self.timeline: _Timeline | None = None  # kept for large actors (see `_check`)
+
+    @property
+    def edge_count(self) -> int:
+        return len(self._edges)
+
+    def edges(self) -> Iterable[Edge]:
+        """The live edges, oldest victim first (not to be changed while iterating)."""
+        edges = self._edges
+        return edges if isinstance(edges, tuple) else edges.values()
+
+    def edge(self, victim: str) -> Edge | None:
+        edges = self._edges
+        if isinstance(edges, tuple):
+            for edge in edges:
+                if edge.victim == victim:
+                    return edge
+            return None
+        return edges.get(victim)
+
+    def add_edge(self, edge: Edge) -> None:
+        """A new victim's edge (`edge(edge.victim)` is None)."""
+        edges = self._edges
+        if isinstance(edges, tuple):
+            if len(edges) < _TUPLE_EDGES:
+                self._edges = (*edges, edge)
+                return
+            edges = self._edges = {edge.victim: edge for edge in edges}
+        edges[edge.victim] = edge
+
+    def remove_edges(self, gone: list[Edge]) -> None:
+        """Remove some of the actor's edges (and go back to a tuple when few are left)."""
+        edges = self._edges
+        if isinstance(edges, dict):
+            for edge in gone:
+                del edges[edge.victim]
+            if len(edges) <= _TUPLE_EDGES // 2:
+                self._edges = tuple(edges.values())
+        else:
+            self._edges = tuple(edge for edge in edges if edge not in gone)
+
+    def account_like(self, account: str) -> str:
+        """`account`, or the same string already held by the actor's newest edge: most
+        edges of an actor come from one account, and need not each hold a copy of it."""
+        edges = self._edges
+        if not edges:
+            return account
+        newest = edges[-1] if isinstance(edges, tuple) else next(reversed(edges.values()))
+        held = newest._accounts
+        return held if isinstance(held, str) and held == account else account
 
     @property
     def links(self) -> list[Link]:
@@ -261,13 +313,13 @@ class Actor:
         self._merged.update(actor_ids)
 
     def accounts(self) -> set[str]:
-        return {account for edge in self.edges.values() for account in _items(edge._accounts)}
+        return {account for edge in self.edges() for account in _items(edge._accounts)}
 
     def regions(self) -> set[str]:
-        return {edge.region for edge in self.edges.values()}
+        return {edge.region for edge in self.edges()}
 
     def victims(self) -> list[tuple[float, str]]:
-        return [(edge.first_seen, edge.region) for edge in self.edges.values()]
+        return [(edge.first_seen, edge.region) for edge in self.edges()]
 
     def shared_openers(self) -> list[dict[str, Any]]:
         shared = [
@@ -281,7 +333,7 @@ class Actor:
         """Everything needed to move this actor into another (an `absorb` record)."""
         return {
             "actor_id": self.actor_id,
-            "edges": [edge.to_dict() for edge in self.edges.values()],
+            "edges": [edge.to_dict() for edge in self.edges()],
             "links": [link.to_dict() for link in self.links],
             "openers": {
                 opener: sorted(accounts) for opener, accounts in (self._openers or {}).items()
@@ -389,10 +441,10 @@ class RollingGraph:
             if opener is not None:
                 actor.add_opener(opener, (report.offender_key,))
         victim = report.victim_key
-        edge = actor.edges.get(victim)
+        edge = actor.edge(victim)
         if edge is None:
             edge = Edge(victim, report.victim_region, moment, report.report_id, report.category,
-                        report.offender_key)  # fmt: skip
+                        actor.account_like(report.offender_key))  # fmt: skip
             self._insert(actor, edge)
             return Applied(Outcome.ACCEPTED, self._check(actor, now, (moment, edge.region)))
         if edge.has_report(report.report_id):
@@ -412,17 +464,16 @@ class RollingGraph:
         if actor is None:
             return
         gone = [
-            key
-            for key, edge in actor.edges.items()
-            if key == victim or (offender is not None and _has(edge._accounts, offender))
+            edge
+            for edge in actor.edges()
+            if edge.victim == victim or (offender is not None and _has(edge._accounts, offender))
         ]
-        for key in gone:
-            del actor.edges[key]
+        actor.remove_edges(gone)
         self.live_edges -= len(gone)
         if offender is not None:
             actor.forget_account(offender)
         actor.timeline = None
-        if not actor.edges:
+        if not actor.edge_count:
             del self._actors[actor_id]
 
     def erase_victim(self, victim: str, skip: Container[str] = frozenset()) -> None:
@@ -430,7 +481,7 @@ class RollingGraph:
         for actor_id in [
             actor_id
             for actor_id, actor in self._actors.items()
-            if victim in actor.edges and actor_id not in skip
+            if actor.edge(victim) is not None and actor_id not in skip
         ]:
             self.erase(actor_id, None, victim)
 
@@ -444,7 +495,7 @@ class RollingGraph:
         actor = self._actors.pop(absorbed, None)
         if actor is None:
             return None
-        self.live_edges -= len(actor.edges)
+        self.live_edges -= actor.edge_count
         return actor.to_dict()
 
     def absorb(
@@ -465,7 +516,7 @@ class RollingGraph:
             if edge.last_seen >= cutoff:
                 self._insert(actor, edge)
         actor.timeline = None
-        if not actor.edges:
+        if not actor.edge_count:
             del self._actors[into]
             return ()
         return self._check(actor, now)
@@ -492,9 +543,9 @@ class RollingGraph:
         return cutoff
 
     def _insert(self, actor: Actor, edge: Edge) -> None:
-        existing = actor.edges.get(edge.victim)
+        existing = actor.edge(edge.victim)
         if existing is None:
-            actor.edges[edge.victim] = edge
+            actor.add_edge(edge)
             self.live_edges += 1
         else:
             existing.merge(edge)
@@ -511,13 +562,17 @@ class RollingGraph:
     ) -> tuple[Alert, ...]:
         """The rule, for an actor that just gained a victim (`new_victim`: their first
         report time and region) or changed in another way the rule looks at."""
-        rule, edges = self.rule, actor.edges
-        if len(edges) < rule.min_regions and len(edges) < rule.brigade_victims:
+        rule, count = self.rule, actor.edge_count
+        if count < rule.min_regions and count < rule.brigade_victims:
             return ()  # too few victims for either kind of alert
         timeline = actor.timeline
         if timeline is None or new_victim is None:
-            timeline = actor.timeline = _Timeline(actor.victims(), rule.episode_hours * 3600.0)
+            timeline = _Timeline(actor.victims(), rule.episode_hours * 3600.0)
             index = None
+            # Kept only where a brigade can be, which is where it saves work; for a
+            # handful of victims, sorting them again costs less than holding them twice.
+            if count >= rule.brigade_victims:
+                actor.timeline = timeline
         else:
             index = timeline.add(*new_victim)
         alerts = []
@@ -529,15 +584,15 @@ class RollingGraph:
             level = rule.level(victims)
             if level > raised:
                 self._raised[actor.actor_id] = level
-                alerts.append(self._alert(actor, "serial", level, list(edges.values()), now))
-        if len(edges) >= rule.brigade_victims and actor.actor_id not in self._brigades:
+                alerts.append(self._alert(actor, "serial", level, list(actor.edges()), now))
+        if count >= rule.brigade_victims and actor.actor_id not in self._brigades:
             grew = timeline.episode_size(index) if index is not None else rule.brigade_victims
             if grew >= rule.brigade_victims:
                 burst = rule.largest_episode(actor.victims())
                 if len(burst) >= rule.brigade_victims:
                     self._brigades.add(actor.actor_id)
                     in_burst = {moment for moment, _ in burst}
-                    chosen = [edge for edge in edges.values() if edge.first_seen in in_burst]
+                    chosen = [edge for edge in actor.edges() if edge.first_seen in in_burst]
                     level = len({edge.region for edge in chosen})
                     alerts.append(self._alert(actor, "brigade", level, chosen, now))
         return tuple(alerts)
@@ -603,8 +658,8 @@ class RollingGraph:
             budget -= 1
             actor.expires_at = math.inf
             self._expire_actor(actor.actor_id, cutoff)
-            if actor.edges:
-                self._schedule(actor, min(edge.last_seen for edge in actor.edges.values()))
+            if actor.edge_count:
+                self._schedule(actor, min(edge.last_seen for edge in actor.edges()))
         behind = bool(expiry) and expiry[0][0] < cutoff
         for entry in pinned:
             heapq.heappush(expiry, entry)
@@ -617,11 +672,10 @@ class RollingGraph:
         actor = self._actors.get(actor_id)
         if actor is None:
             return
-        old = [victim for victim, edge in actor.edges.items() if edge.last_seen < cutoff]
+        old = [edge for edge in actor.edges() if edge.last_seen < cutoff]
         if old:
             actor.timeline = None
-        for victim in old:
-            del actor.edges[victim]
-        self.live_edges -= len(old)
-        if not actor.edges:
+            actor.remove_edges(old)
+            self.live_edges -= len(old)
+        if not actor.edge_count:
             del self._actors[actor_id]

@@ -43,7 +43,7 @@ def test_absorbing_the_same_state_twice_changes_nothing() -> None:
     rolling.absorb("X", state, 0)
     rolling.absorb("X", state, 0)
     actor = rolling.actor("X")
-    assert actor is not None and len(actor.edges) == 1 and rolling.live_edges == 1
+    assert actor is not None and actor.edge_count == 1 and rolling.live_edges == 1
 
 
 def test_seed_story_four_accounts_linked_by_signals_raise_one_alert_with_the_why() -> None:

@@ -78,7 +78,8 @@ def test_one_victim_who_moves_counts_in_one_region_only() -> None:
     actor = rolling.actor("actor-1")
     assert actor is not None
     assert actor.regions() == {"kent"}
-    assert actor.edges["chirp:ellie"].regions == {"norfolk", "suffolk", "kent"}
+    edge = actor.edge("chirp:ellie")
+    assert edge is not None and edge.regions == {"norfolk", "suffolk", "kent"}
 
 
 def test_a_redelivered_report_changes_nothing() -> None:
@@ -89,7 +90,8 @@ def test_a_redelivered_report_changes_nothing() -> None:
     assert again.outcome is Outcome.DUPLICATE
     assert rolling.live_edges == 1
     actor = rolling.actor("actor-1")
-    assert actor is not None and actor.edges["chirp:ellie"].report_ids == {"same"}
+    edge = actor.edge("chirp:ellie") if actor is not None else None
+    assert edge is not None and edge.report_ids == {"same"}
 
 
 def test_redelivery_of_the_completing_report_does_not_alert_twice() -> None:
