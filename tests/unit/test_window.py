@@ -171,6 +171,29 @@ def test_the_actor_table_gives_its_memory_back_once_the_window_has_slid_past_it(
     assert sys.getsizeof(rolling._actors) * 20 < full
 
 
+def test_an_actor_finds_every_victim_again_as_it_grows_past_eight_and_shrinks_back() -> None:
+    # An actor holds a few edges in a tuple and many in a dict (graph/window.py); the
+    # lookups a report makes (duplicate or new victim) must not notice the change.
+    rolling = graph(window_days=30)
+    victims = [report("tom", f"v{n}", "kent", report_id=f"r{n}", at=timedelta(days=n))
+               for n in range(12)]  # fmt: skip
+    for item in victims:
+        assert rolling.apply("actor-1", item, now=0).outcome is Outcome.ACCEPTED
+    for item in victims:
+        assert rolling.apply("actor-1", item, now=0).outcome is Outcome.DUPLICATE
+    # Day 38: victims 0-7 have left the window; four are left, and come back as duplicates.
+    rolling.apply("actor-2", report("ann", "x", "kent", at=timedelta(days=38)), now=0)
+    actor = rolling.actor("actor-1")
+    assert actor is not None and actor.edge_count == 4
+    assert sorted(edge.victim for edge in actor.edges()) == [f"chirp:v{n}" for n in (10, 11, 8, 9)]
+    for item in victims[8:]:
+        assert rolling.apply("actor-1", item, now=0).outcome is Outcome.DUPLICATE
+    assert rolling.apply("actor-1", victims[0], now=0).outcome is Outcome.TOO_OLD
+    again = report("tom", "v0", "essex", report_id="r-new", at=timedelta(days=38))
+    assert rolling.apply("actor-1", again, now=0).outcome is Outcome.ACCEPTED
+    assert rolling.live_edges == 6  # actor-1's five and actor-2's one
+
+
 def test_a_new_report_keeps_an_edge_alive() -> None:
     rolling = graph(window_days=30)
     reports = [
