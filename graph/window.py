@@ -21,6 +21,7 @@ from typing import Any
 from graph.aliases import Link, opener_of
 from graph.compact import right_sized
 from graph.contract import Report
+from graph.raised import RaisedAlerts
 from graph.rules import Alert, CrossRegionRule, describe
 
 __all__ = ["Actor", "Applied", "Edge", "Outcome", "RollingGraph"]
@@ -375,10 +376,9 @@ class RollingGraph:
         self.watermark = -math.inf
         self.live_edges = 0
         self._actors: dict[str, Actor] = {}
-        # Highest serial level alerted per actor; kept after an actor expires or merges,
-        # so that an alert id (actor + level) is never raised twice.
-        self._raised: dict[str, int] = {}
-        self._brigades: set[str] = set()
+        # The alerts each actor raised (highest serial level, brigade or not); kept after
+        # an actor expires or merges, so that an alert id is never raised twice.
+        self._raised = RaisedAlerts()
         # Actors merged away on this partition, and the actor each now lives in.
         self._forward: dict[str, str] = {}
         # (an actor's earliest last_seen when pushed, actor_id): checked lazily.
@@ -401,7 +401,7 @@ class RollingGraph:
         return self._actors.get(actor_id)
 
     def raised_level(self, actor_id: str) -> int:
-        return self._raised.get(actor_id, 0)
+        return self._raised.serial_level(actor_id)
 
     def forwarded_to(self, actor_id: str) -> str | None:
         return self._forward.get(actor_id)
@@ -410,9 +410,9 @@ class RollingGraph:
         """Record an alert that already exists (read back from the alerts topic)."""
         actor_id = alert["actor_id"]
         if alert.get("kind", "serial") == "brigade":
-            self._brigades.add(actor_id)
-        elif int(alert["level"]) > self._raised.get(actor_id, 0):
-            self._raised[actor_id] = int(alert["level"])
+            self._raised.raise_brigade(actor_id)
+        elif int(alert["level"]) > self._raised.serial_level(actor_id):
+            self._raised.raise_serial(actor_id, int(alert["level"]))
 
     def apply(
         self,
@@ -576,21 +576,21 @@ class RollingGraph:
         else:
             index = timeline.add(*new_victim)
         alerts = []
-        raised = self._raised.get(actor.actor_id, 0)
+        raised = self._raised.serial_level(actor.actor_id)
         # The level never exceeds the episodes nor the regions: most actors stop here.
         bound = min(timeline.episodes, len(timeline.regions))
         if bound > raised and bound >= rule.min_regions:
             victims = actor.victims()
             level = rule.level(victims)
             if level > raised:
-                self._raised[actor.actor_id] = level
+                self._raised.raise_serial(actor.actor_id, level)
                 alerts.append(self._alert(actor, "serial", level, list(actor.edges()), now))
-        if count >= rule.brigade_victims and actor.actor_id not in self._brigades:
+        if count >= rule.brigade_victims and not self._raised.brigade_raised(actor.actor_id):
             grew = timeline.episode_size(index) if index is not None else rule.brigade_victims
             if grew >= rule.brigade_victims:
                 burst = rule.largest_episode(actor.victims())
                 if len(burst) >= rule.brigade_victims:
-                    self._brigades.add(actor.actor_id)
+                    self._raised.raise_brigade(actor.actor_id)
                     in_burst = {moment for moment, _ in burst}
                     chosen = [edge for edge in actor.edges() if edge.first_seen in in_burst]
                     level = len({edge.region for edge in chosen})
@@ -665,6 +665,7 @@ class RollingGraph:
             heapq.heappush(expiry, entry)
         if not behind:
             self._actors = right_sized(self._actors)
+            self._raised.fold()
         return behind
 
     def _expire_actor(self, actor_id: str, cutoff: float) -> None:

@@ -194,6 +194,25 @@ def test_an_actor_finds_every_victim_again_as_it_grows_past_eight_and_shrinks_ba
     assert rolling.live_edges == 6  # actor-1's five and actor-2's one
 
 
+def test_an_actor_that_alerted_and_expired_does_not_raise_the_same_alert_when_it_returns() -> None:
+    rolling = graph(window_days=30)
+    regions = ("norfolk", "suffolk", "kent", "essex")
+    for n in range(70):  # enough alerts for them to be folded into arrays (graph/raised.py)
+        for i, region in enumerate(regions[:3]):
+            victim = report(f"a{n}", f"v{n}-{i}", region, at=timedelta(days=i))
+            rolling.apply(f"actor-{n}", victim, now=0)
+    assert rolling.raised_level("actor-7") == 3
+    rolling.apply("actor-new", report("new", "x", "kent", at=timedelta(days=100)), now=0)
+    while rolling.expire_some(10):
+        pass
+    assert rolling.live_edges == 1 and not rolling._raised._recent
+    back = [report("a7", f"w{i}", region, at=timedelta(days=101 + i))
+            for i, region in enumerate(regions)]  # fmt: skip
+    assert apply_all(rolling, back[:3], actor="actor-7") == []  # level 3 was raised before
+    assert apply_all(rolling, back[3:], actor="actor-7") == [4]
+    assert rolling.raised_level("actor-7") == 4 and rolling.raised_level("actor-8") == 3
+
+
 def test_a_new_report_keeps_an_edge_alive() -> None:
     rolling = graph(window_days=30)
     reports = [
