@@ -18,6 +18,7 @@ import hmac
 import math
 import re
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +155,14 @@ class _Value:
     def count(self) -> int:
         return 1 if isinstance(self.accounts, str) else len(self.accounts)
 
+    def drop_stale(self, cutoff: float, known: Container[str]) -> None:
+        """Forget uses from before `cutoff`, and by accounts no longer `known`."""
+        accounts = self.accounts
+        if isinstance(accounts, str):
+            return  # its one account is the one using it now
+        for account in [a for a, used in accounts.items() if used < cutoff or a not in known]:
+            del accounts[account]
+
     def drop(self, account: str) -> bool:
         """Forget one account's uses; True if none are left."""
         accounts = self.accounts
@@ -281,7 +290,7 @@ class AliasResolver:
                 continue
             if not known.use(account, moment):
                 continue  # this account used it before: nothing new to link
-            self._drop_stale(known, cutoff)
+            known.drop_stale(cutoff, self._parent)  # those link nothing
             if known.count() > self.max_accounts_per_signal:
                 self._hubs.add(key)
                 del self._values[key]
@@ -298,20 +307,6 @@ class AliasResolver:
             self._find(account).actor_id, tuple(links), tuple(merges), tuple(hubs),
             self.watermark,
         )  # fmt: skip
-
-    def _drop_stale(self, known: _Value, cutoff: float) -> None:
-        """Uses of a value from before the window, or by forgotten accounts, link nothing.
-        Called once the value has two accounts or more, one of them the current one."""
-        accounts = known.accounts
-        if isinstance(accounts, str):
-            return
-        stale = [
-            account
-            for account, used in accounts.items()
-            if used < cutoff or account not in self._parent
-        ]
-        for account in stale:
-            del accounts[account]
 
     def _file(self, due: dict[int, list[str]], key: str, moment: float) -> None:
         if self.window_seconds is not None:

@@ -237,7 +237,8 @@ class Actor:
         return len(self._edges)
 
     def edges(self) -> Iterable[Edge]:
-        """The live edges, oldest victim first (not to be changed while iterating)."""
+        """The live edges, in the order their victims were added (not to be changed while
+        iterating)."""
         edges = self._edges
         return edges if isinstance(edges, tuple) else edges.values()
 
