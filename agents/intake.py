@@ -31,9 +31,13 @@ Validated = tuple[list[bytes], list[tuple[int, str, str]]]
 
 
 def validate_batch(
-    values: Sequence[bytes | None], partitions: Sequence[int], pseudonyms: Pseudonyms
+    values: Sequence[bytes | None],
+    partitions: Sequence[int],
+    offsets: Sequence[int],
+    pseudonyms: Pseudonyms,
 ) -> Validated:
-    """Validate and pseudonymise one batch of report messages. Never raises on bad input."""
+    """Validate and pseudonymise one batch of report messages, with each one's input
+    partition and offset. Never raises on bad input."""
     rows: list[list[Any]] = []
     rejected: list[tuple[int, str, str]] = []
     for index, value in enumerate(values):
@@ -42,7 +46,9 @@ def validate_batch(
             rejected.append((index, report.reason, report.detail))
             continue
         row = pseudonymise(report, pseudonyms).to_row()
-        row.append(partitions[index])  # its input partition: for the watermark
+        # Where it came from, for the watermark: its input partition, and its offset there,
+        # by which a report sent again after a crash is known (graph/watermark.py).
+        row += (partitions[index], offsets[index])
         rows.append(row)
     # Packed: the resolver's one partition sees them in this order.
     return [orjson.dumps(pack) for pack in packs(rows)], rejected
@@ -83,12 +89,16 @@ async def validated(offload: Offload[Pseudonyms, Validated], records: list[Any])
     return _joined(pieces, await offload.map(pieces))
 
 
-# A piece of a batch as the work takes it: the values and their input partitions.
-Piece = tuple[list[bytes | None], list[int]]
+# A piece of a batch as the work takes it: the values, their input partitions and offsets.
+Piece = tuple[list[bytes | None], list[int], list[int]]
 
 
 def _piece(records: list[Any]) -> Piece:
-    return [record.value for record in records], [record.partition for record in records]
+    return (
+        [record.value for record in records],
+        [record.partition for record in records],
+        [record.offset for record in records],
+    )
 
 
 def _pieces(records: list[Any], count: int) -> list[Piece]:
@@ -102,7 +112,7 @@ def _joined(pieces: list[Piece], results: list[Validated]) -> Validated:
     identity: list[bytes] = []
     rejected: list[tuple[int, str, str]] = []
     base = 0
-    for (values, _), (messages, rejections) in zip(pieces, results, strict=True):
+    for (values, _, _), (messages, rejections) in zip(pieces, results, strict=True):
         identity += messages
         rejected += [(base + index, reason, detail) for index, reason, detail in rejections]
         base += len(values)

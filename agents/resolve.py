@@ -86,7 +86,10 @@ class ResolveStage:
                 for target, key, record in self._erase(resolver, row, replaying):
                     by_partition.setdefault(target, []).append([key, record])
                 continue
-            stamp = state.watermark.observe(row[10] if len(row) > 10 else 0, report.event_time)
+            # Its input partition and its offset there (rows from older workers lack these).
+            source = row[10] if len(row) > 10 else 0
+            offset = row[11] if len(row) > 11 else -1
+            stamp = state.watermark.observe(source, report.event_time, offset)
             resolution = resolver.resolve(report, stamp)
             if replaying:
                 continue

@@ -117,7 +117,9 @@ def _delays(
     for raw in processed:
         report = parse_report(raw)
         assert isinstance(report, Report)
-        watermark = stream.observe(int(orjson.loads(raw).get("_p", 0)), report.event_time)
+        where = orjson.loads(raw)
+        watermark = stream.observe(int(where.get("_p", 0)), report.event_time,
+                                   int(where.get("_o", -1)))  # fmt: skip
         key = f"{report.platform}:{report.report_id}"
         if key not in seen:  # a redelivered duplicate is not a new report
             seen.add(key)
@@ -202,7 +204,8 @@ def _resolved(settings: Settings, count: int, pushed: Path, timeout: float) -> l
     """The valid reports in the order the resolver saw them: the identity topic, unpacked.
 
     The topic holds them pseudonymised, so each is looked up, by platform and report id, in
-    the file that was pushed, and given its input partition (`_p`) for the watermark."""
+    the file that was pushed, and given its input partition and offset (`_p`, `_o`) for the
+    watermark."""
     originals: dict[tuple[str, str], dict[str, Any]] = {}
     for line in pushed.read_bytes().splitlines():
         report = parse_report(line)
@@ -211,7 +214,7 @@ def _resolved(settings: Settings, count: int, pushed: Path, timeout: float) -> l
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         reports = [
-            orjson.dumps(originals[(row[1], row[0])] | {"_p": row[10]})
+            orjson.dumps(originals[(row[1], row[0])] | {"_p": row[10], "_o": row[11]})
             for pack in _read_all(settings, settings.identity_topic)
             for row in orjson.loads(pack)
         ]

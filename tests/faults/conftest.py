@@ -63,7 +63,8 @@ class OrderedDeployment(Deployment):
     reference run alert for alert, while the graph stage still has `partitions` partitions
     for kills, merges and rebalances to move. The watermark counts LINKWATCH_PARTITIONS
     input partitions; the three that never send hold it back for the first 10,000 reports
-    (graph/watermark.py), so streams here stay below that and nothing expires.
+    (graph/watermark.py), so streams here stay below that and nothing expires. Reports sent
+    again after a kill count once, as in the reference run.
     """
 
     def __init__(self, broker: EmbeddedBroker, tmp_path: Path, partitions: int = 4) -> None:

@@ -26,6 +26,7 @@ SETTINGS = Settings(pseudonym_key="offload-test-key-0123456789")
 class _Record:
     value: bytes | None
     partition: int
+    offset: int
 
 
 def _batch(size: int) -> list[_Record]:
@@ -41,7 +42,7 @@ def _batch(size: int) -> list[_Record]:
                 make_report(f"acct-{i % 40}", f"victim-{i}", at=timedelta(minutes=i),
                             signals={"email_hash": f"e{i % 9}"})
             )  # fmt: skip
-        records.append(_Record(value, i % 4))
+        records.append(_Record(value, i % 4, 1_000 + i // 4))
     return records
 
 
@@ -72,10 +73,11 @@ def test_child_processes_give_what_the_worker_itself_gives(
     rows, rejected = _rows(here), here[1]
     assert len(rows) + len(rejected) == len(records)  # every record: forwarded or rejected
     assert {reason for _, reason, _ in rejected} == {"not_json", "unknown_category"}
-    # Order is kept: the rows follow the records, each with its input partition last.
+    # Order is kept: the rows follow the records, each ending with its input partition and
+    # its offset there.
     valid = [r for i, r in enumerate(records) if i not in {index for index, _, _ in rejected}]
     assert [row[0] for row in rows] == [orjson.loads(r.value or b"")["report_id"] for r in valid]
-    assert [row[-1] for row in rows] == [r.partition for r in valid]
+    assert [row[-2:] for row in rows] == [[r.partition, r.offset] for r in valid]
 
 
 def _rows(result: Validated) -> list[list[object]]:

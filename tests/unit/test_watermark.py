@@ -30,6 +30,22 @@ def test_a_silent_partition_stops_holding_it_back_after_enough_traffic() -> None
     assert watermark.observe(0, 10 * DAY) == 10 * DAY  # partition 1 is idle by now
 
 
+def test_reports_sent_again_after_a_crash_do_not_make_a_silent_partition_idle() -> None:
+    # Partition 1 never sends. Partition 0 sends 8 reports (offsets 0-7); a crash makes
+    # intake send offsets 3-7 again, twice: 18 reports seen, 8 of them new.
+    offsets = [*range(8), *range(3, 8), *range(3, 8)]
+    watermark = LowWatermark(sources=2, active_within=10)
+    seen = [watermark.observe(0, (offset + 1) * DAY, offset) for offset in offsets]
+    assert seen == [-math.inf] * len(offsets)  # as in a run without the crash: still held
+    # The 11th new report is what makes partition 1 idle, crash or no crash.
+    assert [watermark.observe(0, offset * DAY, offset) for offset in (8, 9, 10)] == [
+        -math.inf, -math.inf, 10 * DAY
+    ]  # fmt: skip
+    # Without offsets (rows from before they were carried) every report counts.
+    counted = LowWatermark(sources=2, active_within=10)
+    assert [counted.observe(0, (o + 1) * DAY) for o in offsets][-1] == 8 * DAY
+
+
 def test_one_source_is_the_newest_event_seen() -> None:
     watermark = LowWatermark()
     assert [watermark.observe(0, t) for t in (5.0, 3.0, 9.0)] == [5.0, 5.0, 9.0]
