@@ -9,7 +9,8 @@
    costs are paid per batch. Agents, consumer groups, rebalances and commits stay Faust's.
    The batch message carries the offset of its last record, and the commit moves past a
    batch exactly when the agent has acked that batch, never earlier (`_new_offset` below:
-   Faust's own bookkeeping of the offsets between messages, its "gaps", is replaced).
+   Faust's own bookkeeping of the offsets between messages, its "gaps", is replaced; an
+   ack of a batch fetched before the last rebalance does not count, `ack` below).
    Agents read `event.message.value`: a list of records with `.key`, `.value`, `.offset`,
    `.partition` and `.timestamp` (in ms).
 2. **Fetch wait.** Faust creates its consumer with `fetch_max_wait_ms=1500`. On Apache Kafka
@@ -51,6 +52,8 @@ from aiokafka.errors import KafkaError, UnknownError
 from aiokafka.producer import sender as aiokafka_sender
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerMessage
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 from streams.memory import exec_again
 
@@ -232,6 +235,24 @@ class _Consumer(faust_aiokafka.Consumer):
                 generation_id=generation_id,
             )
             yield tp, message
+
+    def ack(self, message: Any) -> bool:
+        """Faust's ack, except for a message fetched before the last rebalance.
+
+        Faust's stream acks such a message when it skips it unprocessed (so that lag does not
+        grow), and the assignment that follows seeks back to the committed offset, so it is
+        fetched again. Its ack must not count: `_new_offset` below commits past the highest
+        acked offset, and this one would take the commit past reports not yet processed
+        again. A copy fetched before the rebalance and processed after it is not counted
+        either; the copy fetched again is, once processed."""
+        if message.generation_id in (None, self.app.consumer_generation_id):
+            return bool(super().ack(message))
+        with ack_lock:  # Faust's own lock for this bookkeeping
+            if not message.acked:
+                message.acked = True
+                self._unacked_messages.discard(message)
+                notify(self._waiting_for_ack)  # `wait_empty` may be waiting for it
+            return False
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Nothing: `_new_offset` below does not read gaps. Faust's version builds an
