@@ -298,8 +298,34 @@ def converge(
     raise AssertionError(
         f"{len(report)} differences from the reference run:\n  "
         + "\n  ".join(report[:40])
-        + f"\nthe worker has processed {processed(current)}, lags {lagging(current)}\n{tails}"
+        + f"\nthe worker has processed {processed(current)}, lags {lagging(current)}"
+        + f"\n{what_the_resolver_saw(deployment)}\n{notable_lines(deployment)}\n{tails}"
     )
+
+
+def what_the_resolver_saw(deployment: Deployment) -> str:
+    """How many rows the identity topic holds, for how many reports: a crash makes intake
+    send some again, and how they count was the cause of one flake (graph/watermark.py)."""
+    try:
+        records = deployment.read(deployment.settings.identity_topic)
+        rows = [row for record in records for row in orjson.loads(record.value or b"[]")
+                if isinstance(row, list)]  # fmt: skip
+    except Exception as exc:  # a diagnostic: never hide the failure it explains
+        return f"the identity topic could not be read: {exc!r}"
+    return f"the identity topic holds {len(rows)} rows for {len({r[0] for r in rows})} reports"
+
+
+def notable_lines(deployment: Deployment, limit: int = 30) -> str:
+    """Every worker's warnings, errors and replays, in order: what the last lines of the
+    last two workers' logs (below) do not show."""
+    found = []
+    for number, worker in enumerate(deployment.workers):
+        for line in worker.log.read_text(errors="replace").splitlines():
+            if "signal hub" in line:
+                continue  # the stream has hubs on purpose: expected in every run
+            if any(mark in line for mark in ("WARNING", "ERROR", "CRITICAL", "replayed")):
+                found.append(f"worker {number}: {line[:200]}")
+    return "\n".join([f"{len(found)} notable log lines, the last {limit}:", *found[-limit:]])
 
 
 # -- the stream, and the uninterrupted reference run -------------------------------------
