@@ -96,10 +96,17 @@ class Handled:
 @dataclass(slots=True)
 class _Hold:
     """An actor's records not yet applied, in order; `await` records block until their
-    absorb has arrived, and an arrived absorb waits for its `await` to reach the head."""
+    absorb has arrived, and an arrived absorb waits for its `await` to reach the head.
+
+    Absorbs are counted, not just noted, per absorbed actor: after a crash the resolver
+    sends a merge's `merge` and `await` again, and the graph may send its absorb again, so
+    several of each can be in flight, and each `await` takes one absorb. (With one slot
+    per absorbed actor, two absorbs that arrived while the head waited for another actor
+    became one, and the second `await` then held its actor's records for good: the
+    SIGKILL test's last flake.)"""
 
     records: deque[Record] = field(default_factory=deque)
-    arrived: dict[str, Record] = field(default_factory=dict)
+    arrived: dict[str, deque[Record]] = field(default_factory=dict)
 
 
 class PartitionGraph:
@@ -110,9 +117,10 @@ class PartitionGraph:
         self._holds: dict[str, _Hold] = {}
         # A held actor's edges must wait for its held records: expiry passes it by.
         graph.pinned = self._holds
-        # Absorbs applied before their `await` was seen (a producer may reorder partitions'
-        # writes); the late `await` must then not block.
-        self._early: set[tuple[str, str]] = set()
+        # Absorbs applied before an `await` was there to take them, counted per (into,
+        # absorbed): a redelivered absorb, or one that arrived before its `await`. A later
+        # `await` takes one of them instead of blocking.
+        self._early: dict[tuple[str, str], int] = {}
 
     @property
     def held_records(self) -> int:
@@ -127,8 +135,7 @@ class PartitionGraph:
         if kind not in ("report", "merge", "await", "erase"):
             raise InvalidRecord(f"unknown record kind {kind!r}")
         actor = str(record["from"]) if kind == "merge" else key
-        if kind == "await" and (actor, str(record["from"])) in self._early:
-            self._early.discard((actor, str(record["from"])))
+        if kind == "await" and self._take_early(actor, str(record["from"])):
             return Handled()
         hold = self._holds.get(actor)
         if hold is None and kind != "await":
@@ -148,10 +155,26 @@ class PartitionGraph:
             held["kind"] == "await" and held["from"] == absorbed for held in hold.records
         )
         if hold is None or not awaited:
-            self._early.add((into, absorbed))
+            self._add_early(into, absorbed)
             return self._absorb(record, now)
-        hold.arrived[absorbed] = record
+        hold.arrived.setdefault(absorbed, deque()).append(record)
         return self._drain(into, now)
+
+    def _add_early(self, into: str, absorbed: str, count: int = 1) -> None:
+        key = (into, absorbed)
+        self._early[key] = self._early.get(key, 0) + count
+
+    def _take_early(self, into: str, absorbed: str) -> bool:
+        """Take one absorb already applied for this `await`; False if there is none."""
+        key = (into, absorbed)
+        count = self._early.get(key, 0)
+        if count == 0:
+            return False
+        if count == 1:
+            del self._early[key]
+        else:
+            self._early[key] = count - 1
+        return True
 
     def _drain(self, actor: str, now: float) -> Handled:
         """Apply the actor's held records from the head until an unanswered `await`."""
@@ -160,15 +183,24 @@ class PartitionGraph:
         while hold.records:
             head = hold.records[0]
             if head["kind"] == "await":
-                absorb = hold.arrived.pop(str(head["from"]), None)
-                if absorb is None:
+                waiting = hold.arrived.get(str(head["from"]))
+                if not waiting:
                     return handled
+                absorb = waiting.popleft()
+                if not waiting:
+                    del hold.arrived[str(head["from"])]
                 hold.records.popleft()
                 handled.extend(self._absorb(absorb, now))
             else:
                 hold.records.popleft()
                 handled.extend(self._apply(actor, head, now))
         del self._holds[actor]
+        # Absorbs no `await` here took (redelivered ones): applied now, as an absorb with
+        # no `await` waiting is, and counted for an `await` still to come.
+        for absorbed, waiting in hold.arrived.items():
+            for absorb in waiting:
+                handled.extend(self._absorb(absorb, now))
+            self._add_early(actor, absorbed, len(waiting))
         return handled
 
     def _erase_everywhere(self, record: Record) -> Handled:

@@ -23,10 +23,16 @@ WINDOW = 365 * 86400.0
 
 
 def distributed(
-    lines: list[bytes], partitions: int, seed: int
+    lines: list[bytes], partitions: int, seed: int, redeliver: float = 0.0, pace: float = 0.3
 ) -> list[tuple[str, tuple[str, ...]]]:
-    """Run the protocol with one queue per partition, served in a random order."""
+    """Run the protocol with one queue per partition, served in a random order.
+
+    With `redeliver`, crashes are mimicked at that rate per report: the resolver sends the
+    records of its last few reports again (as a restarted resolver does for reports it had
+    not committed), and a graph sends an absorb twice (as a restarted graph does for a
+    merge it had not committed)."""
     rng = random.Random(seed)
+    recent: deque[list[tuple[str, dict[str, object]]]] = deque(maxlen=8)
     resolver = AliasResolver(SECRET, window_seconds=WINDOW)
     pseudonyms = Pseudonyms(pseudonym_key_for(SECRET))  # as the Pipeline it is compared with
     graphs = [
@@ -43,7 +49,8 @@ def distributed(
         handled = graphs[index].handle(key, record, now=0.0)
         alerts.extend(handled.alerts)
         for onward_key, onward in handled.sends:
-            queues[partition_of(onward_key, partitions)].append((onward_key, onward))
+            copies = 2 if rng.random() < redeliver else 1
+            queues[partition_of(onward_key, partitions)].extend([(onward_key, onward)] * copies)
 
     for raw in lines:
         report = parse_report(raw)
@@ -51,14 +58,21 @@ def distributed(
             continue
         report = pseudonymise(report, pseudonyms)
         resolution = resolver.resolve(report)
-        for key, record in resolution_records(resolution, report.to_row()):
-            queues[partition_of(key, partitions)].append((key, record))
-        while any(queues) and rng.random() < 0.3:
+        recent.append(resolution_records(resolution, report.to_row()))
+        sent = [recent[-1]]
+        if rng.random() < redeliver:
+            sent += list(recent)[-rng.randint(1, len(recent)) :]  # a crash: sent again
+        for records in sent:
+            for key, record in records:
+                queues[partition_of(key, partitions)].append((key, record))
+        while any(queues) and rng.random() < pace:
             step()
     while any(queues):
         step()
     assert all(graph.held_records == 0 for graph in graphs)
-    return sorted((alert.alert_id, alert.accounts, alert.report_ids) for alert in alerts)
+    # A repeated alert id is suppressed downstream (the alerts topic is read back).
+    unique = {alert.alert_id: alert for alert in alerts}.values()
+    return sorted((alert.alert_id, alert.accounts, alert.report_ids) for alert in unique)
 
 
 @pytest.mark.parametrize("schedule", [1, 2, 3])
@@ -71,6 +85,20 @@ def test_any_interleaving_of_partitions_raises_the_same_alerts(
     expected = sorted((a.alert_id, a.accounts, a.report_ids) for a in sequential.alerts)
     assert len(expected) > 20
     assert distributed(lines, partitions=4, seed=schedule) == expected
+
+
+@pytest.mark.parametrize("schedule", [1, 2, 3, 4, 5, 6])
+def test_records_sent_again_after_crashes_raise_the_same_alerts_and_hold_nothing(
+    tmp_path: Path, schedule: int
+) -> None:
+    """Every merge's `await` must find an absorb however many of each crashes repeat: an
+    actor held for good would lose every later report (the SIGKILL test's last flake)."""
+    simulate(tmp_path, seed=7, scale=3)
+    lines = (tmp_path / "reports.jsonl").read_bytes().splitlines()
+    sequential = Pipeline(SECRET, WINDOW, CrossRegionRule(), partitions=4).feed(lines, now=0.0)
+    expected = sorted((a.alert_id, a.accounts, a.report_ids) for a in sequential.alerts)
+    # Records pile up (a slow pace), so that holds meet several merges at once.
+    assert distributed(lines, 4, seed=schedule, redeliver=0.3, pace=0.05) == expected
 
 
 def test_records_for_an_actor_wait_for_the_absorb_they_follow() -> None:
@@ -86,6 +114,36 @@ def test_records_for_an_actor_wait_for_the_absorb_they_follow() -> None:
     empty = {"actor_id": "Y", "edges": [], "links": [], "openers": {}, "merged": []}
     released = graph.handle("X", {"kind": "absorb", "into": "X", "from": "Y", "state": empty}, 0.0)
     assert [str(outcome) for outcome in released.outcomes] == ["accepted"]
+    assert graph.held_records == 0
+
+
+def test_each_await_takes_one_absorb_when_crashes_repeat_them() -> None:
+    """A merge of Y into X, sent twice by a restarted resolver, while X also waits for Z:
+    both absorbs from Y arrive while the head waits for Z's, and each `await` takes one."""
+    report = parse_report(
+        b'{"report_id":"r1","platform":"chirp","reported_at":"2025-01-01T00:00:00Z",'
+        b'"category":"other","offender":{"account":"a"},"victim":{"account":"v","region":"kent"}}'
+    )
+    assert isinstance(report, Report)
+
+    def absorb(absorbed: str) -> dict[str, object]:
+        state = {"actor_id": absorbed, "edges": [], "links": [], "openers": {}, "merged": []}
+        return {"kind": "absorb", "into": "X", "from": absorbed, "state": state}
+
+    graph = PartitionGraph(RollingGraph(WINDOW, CrossRegionRule()))
+    for awaited in ("Z", "Y", "Y"):
+        graph.handle("X", {"kind": "await", "from": awaited}, 0.0)
+    graph.handle("X", {"kind": "report", "report": report.to_row()}, 0.0)
+    graph.handle("X", absorb("Y"), 0.0)
+    graph.handle("X", absorb("Y"), 0.0)
+    released = graph.handle("X", absorb("Z"), 0.0)
+    assert [str(outcome) for outcome in released.outcomes] == ["accepted"]
+    assert graph.held_records == 0
+    # Absorbs applied before their `await`s came (redelivered): each `await` takes one.
+    graph.handle("X", absorb("W"), 0.0)
+    graph.handle("X", absorb("W"), 0.0)
+    graph.handle("X", {"kind": "await", "from": "W"}, 0.0)
+    graph.handle("X", {"kind": "await", "from": "W"}, 0.0)
     assert graph.held_records == 0
 
 
