@@ -107,13 +107,15 @@ class PartitionedState(Generic[S]):
         if partition not in self.owned:
             return []  # revoked while buffered: its new owner processes it
         part = self._partitions.get(partition)
-        if part is not None and part.position < message.offset:
-            # Never seen here: the consumer starts each assigned partition at the committed
-            # offset, where its state was rebuilt to, and Kafka offsets are contiguous. If it
-            # happens, the skipped messages are applied without sending what they produce.
-            log.warning("%s[%d]: live offset %d after %d: the messages between are replayed",
-                        self.topic, partition, message.offset, part.position)  # fmt: skip
         if part is None or part.position < message.offset:
+            if part is not None:
+                # Never seen here: the consumer starts each assigned partition at the
+                # committed offset, where its state was rebuilt to, and Kafka offsets are
+                # contiguous. If it happens, the skipped messages are applied without
+                # sending what they produce.
+                log.warning("%s[%d]: live offset %d after %d: the messages between are "
+                            "replayed", self.topic, partition, message.offset,
+                            part.position)  # fmt: skip
             part = await self._catch_up(partition, message.offset)
         if message.offset < part.position:
             return []  # already applied during catch-up
