@@ -22,6 +22,29 @@ SECRET = b"records-test"
 WINDOW = 365 * 86400.0
 
 
+def _one_report() -> Report:
+    report = parse_report(
+        b'{"report_id":"r1","platform":"chirp","reported_at":"2025-01-01T00:00:00Z",'
+        b'"category":"other","offender":{"account":"a"},"victim":{"account":"v","region":"kent"}}'
+    )
+    assert isinstance(report, Report)
+    return report
+
+
+def _absorb(into: str, absorbed: str) -> dict[str, object]:
+    """An absorb carrying an actor with nothing left (as a repeated merge sends)."""
+    state = {"actor_id": absorbed, "edges": [], "links": [], "openers": {}, "merged": []}
+    return {"kind": "absorb", "into": into, "from": absorbed, "state": state}
+
+
+def _sequential_alerts(tmp_path: Path) -> tuple[list[bytes], list[tuple[object, ...]]]:
+    """The stream the protocol tests use, and the alerts a sequential run raises on it."""
+    simulate(tmp_path, seed=7, scale=3)
+    lines = (tmp_path / "reports.jsonl").read_bytes().splitlines()
+    sequential = Pipeline(SECRET, WINDOW, CrossRegionRule(), partitions=4).feed(lines, now=0.0)
+    return lines, sorted((a.alert_id, a.accounts, a.report_ids) for a in sequential.alerts)
+
+
 def distributed(
     lines: list[bytes], partitions: int, seed: int, redeliver: float = 0.0, pace: float = 0.3
 ) -> list[tuple[str, tuple[str, ...]]]:
@@ -79,10 +102,7 @@ def distributed(
 def test_any_interleaving_of_partitions_raises_the_same_alerts(
     tmp_path: Path, schedule: int
 ) -> None:
-    simulate(tmp_path, seed=7, scale=3)
-    lines = (tmp_path / "reports.jsonl").read_bytes().splitlines()
-    sequential = Pipeline(SECRET, WINDOW, CrossRegionRule(), partitions=4).feed(lines, now=0.0)
-    expected = sorted((a.alert_id, a.accounts, a.report_ids) for a in sequential.alerts)
+    lines, expected = _sequential_alerts(tmp_path)
     assert len(expected) > 20
     assert distributed(lines, partitions=4, seed=schedule) == expected
 
@@ -93,26 +113,17 @@ def test_records_sent_again_after_crashes_raise_the_same_alerts_and_hold_nothing
 ) -> None:
     """Every merge's `await` must find an absorb however many of each crashes repeat: an
     actor held for good would lose every later report (the SIGKILL test's last flake)."""
-    simulate(tmp_path, seed=7, scale=3)
-    lines = (tmp_path / "reports.jsonl").read_bytes().splitlines()
-    sequential = Pipeline(SECRET, WINDOW, CrossRegionRule(), partitions=4).feed(lines, now=0.0)
-    expected = sorted((a.alert_id, a.accounts, a.report_ids) for a in sequential.alerts)
+    lines, expected = _sequential_alerts(tmp_path)
     # Records pile up (a slow pace), so that holds meet several merges at once.
     assert distributed(lines, 4, seed=schedule, redeliver=0.3, pace=0.05) == expected
 
 
 def test_records_for_an_actor_wait_for_the_absorb_they_follow() -> None:
     graph = PartitionGraph(RollingGraph(WINDOW, CrossRegionRule()))
-    report = parse_report(
-        b'{"report_id":"r1","platform":"chirp","reported_at":"2025-01-01T00:00:00Z",'
-        b'"category":"other","offender":{"account":"a"},"victim":{"account":"v","region":"kent"}}'
-    )
-    assert isinstance(report, Report)
     graph.handle("X", {"kind": "await", "from": "Y"}, 0.0)
-    held = graph.handle("X", {"kind": "report", "report": report.to_row()}, 0.0)
+    held = graph.handle("X", {"kind": "report", "report": _one_report().to_row()}, 0.0)
     assert held.outcomes == [] and graph.held_records == 2
-    empty = {"actor_id": "Y", "edges": [], "links": [], "openers": {}, "merged": []}
-    released = graph.handle("X", {"kind": "absorb", "into": "X", "from": "Y", "state": empty}, 0.0)
+    released = graph.handle("X", _absorb("X", "Y"), 0.0)
     assert [str(outcome) for outcome in released.outcomes] == ["accepted"]
     assert graph.held_records == 0
 
@@ -120,28 +131,18 @@ def test_records_for_an_actor_wait_for_the_absorb_they_follow() -> None:
 def test_each_await_takes_one_absorb_when_crashes_repeat_them() -> None:
     """A merge of Y into X, sent twice by a restarted resolver, while X also waits for Z:
     both absorbs from Y arrive while the head waits for Z's, and each `await` takes one."""
-    report = parse_report(
-        b'{"report_id":"r1","platform":"chirp","reported_at":"2025-01-01T00:00:00Z",'
-        b'"category":"other","offender":{"account":"a"},"victim":{"account":"v","region":"kent"}}'
-    )
-    assert isinstance(report, Report)
-
-    def absorb(absorbed: str) -> dict[str, object]:
-        state = {"actor_id": absorbed, "edges": [], "links": [], "openers": {}, "merged": []}
-        return {"kind": "absorb", "into": "X", "from": absorbed, "state": state}
-
     graph = PartitionGraph(RollingGraph(WINDOW, CrossRegionRule()))
     for awaited in ("Z", "Y", "Y"):
         graph.handle("X", {"kind": "await", "from": awaited}, 0.0)
-    graph.handle("X", {"kind": "report", "report": report.to_row()}, 0.0)
-    graph.handle("X", absorb("Y"), 0.0)
-    graph.handle("X", absorb("Y"), 0.0)
-    released = graph.handle("X", absorb("Z"), 0.0)
+    graph.handle("X", {"kind": "report", "report": _one_report().to_row()}, 0.0)
+    graph.handle("X", _absorb("X", "Y"), 0.0)
+    graph.handle("X", _absorb("X", "Y"), 0.0)
+    released = graph.handle("X", _absorb("X", "Z"), 0.0)
     assert [str(outcome) for outcome in released.outcomes] == ["accepted"]
     assert graph.held_records == 0
     # Absorbs applied before their `await`s came (redelivered): each `await` takes one.
-    graph.handle("X", absorb("W"), 0.0)
-    graph.handle("X", absorb("W"), 0.0)
+    graph.handle("X", _absorb("X", "W"), 0.0)
+    graph.handle("X", _absorb("X", "W"), 0.0)
     graph.handle("X", {"kind": "await", "from": "W"}, 0.0)
     graph.handle("X", {"kind": "await", "from": "W"}, 0.0)
     assert graph.held_records == 0
