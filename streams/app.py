@@ -31,7 +31,7 @@ from streams.keys import KeyRing
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.shared import Directory, Followed
-from streams.transport import LinkwatchApp
+from streams.transport import LinkwatchApp, restart_in_place
 
 __all__ = ["build_app"]
 
@@ -100,7 +100,7 @@ def build_app(
         name: app.topic(name, partitions=partition_count(settings, name))
         for name in settings.topics
     }
-    resolve = ResolveStage(settings, metrics, send)
+    resolve = ResolveStage(settings, metrics, send, on_lost=restart_in_place)
     graph = GraphStage(settings, metrics, send)
     # An agent that fails stops the worker: its batch was not acked, so a restart resumes
     # from the committed offsets and loses nothing. (Faust's default restarts the agent
@@ -116,7 +116,7 @@ def build_app(
         event time they never hold up the loop for long, and memory comes back even when
         no more reports arrive (`RollingGraph.expire_some`, `AliasResolver.forget_some`)."""
         while True:
-            behind = [stage.expire_some() for stage in (resolve, graph)]
+            behind = [await resolve.expire_some(), graph.expire_some()]
             await asyncio.sleep(EXPIRY_PAUSE if any(behind) else EXPIRY_IDLE)
 
     app.task(expire_trailing)

@@ -1,12 +1,20 @@
-"""Child processes for a stage's stateless work: how one worker uses more than one core.
+"""Child processes for a stage's work: how one worker uses more than one core.
 
-The worker's event loop runs every agent on one core (the GIL). Intake (validation and
-pseudonymisation) needs no state, so its agent sends each batch to child processes and
-awaits their answers while the loop runs the stateful agents. A child is a plain
-`multiprocessing` spawn process that answers one batch at a time over a socket pair; it
-dies with the worker (PR_SET_PDEATHSIG), and when it dies on its own, or does not answer
-within `timeout` seconds, it is killed, the batch is done in the worker itself and the
-child is started again, so a batch is never lost.
+The worker's event loop runs every agent on one core (the GIL). Two kinds of work leave it:
+
+- `Offload`: stateless work. Intake (validation and pseudonymisation) needs no state, so
+  its agent sends each batch to child processes and awaits their answers while the loop
+  runs the other agents. When a child dies on its own, or does not answer within
+  `timeout` seconds, it is killed, the batch is done in the worker itself and the child is
+  started again, so a batch is never lost.
+- `StateProcess`: a stage's state and the work on it. The resolver's tables live in one
+  child, and the resolve agent sends it each identity message and sends on what comes
+  back. State cannot be redone elsewhere: a child that dies or hangs takes it along, and
+  the worker is told (`on_lost`), which restarts it in place, so the state is rebuilt by
+  replay exactly as after a SIGKILL.
+
+A child is a plain `multiprocessing` spawn process that answers one request at a time over
+a socket pair, and it dies with the worker (PR_SET_PDEATHSIG).
 
 The event loop itself writes each batch to the socket and reads the answer when the
 selector says it is there (`loop.sock_sendall`, `loop.sock_recv_into`): no thread hands
@@ -26,12 +34,14 @@ import pickle
 import signal
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from streams.memory import tune_collector
 from streams.metrics import Metrics
 
-__all__ = ["TIMEOUT", "Offload"]
+__all__ = ["TIMEOUT", "Offload", "StateProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,7 @@ C = TypeVar("C")  # what the work needs, made once per process (e.g. the pseudon
 R = TypeVar("R")
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 # Each message on the socket: its length, then a pickle.
 _LENGTH = struct.Struct("!Q")
 # A child that has not answered a batch in this long is taken as hung. The largest batch
@@ -66,7 +77,7 @@ class Offload(Generic[C, R]):
         self.metrics = metrics
         self.timeout = timeout
         self._context: C | None = None  # made only if the work runs here
-        self._children = [_Child(work, make_context) for _ in range(count)]
+        self._children = [_Child(work, make_context, "lw-intake") for _ in range(count)]
 
     @property
     def width(self) -> int:
@@ -111,11 +122,124 @@ class Offload(Generic[C, R]):
         return self.work(*piece, self._context)
 
 
+class StateProcess(Generic[C]):
+    """State made by `make_state()` and kept in one child process: `submit(*args)` sends a
+    request at once and returns a future of `work(*args, state)` computed there.
+
+    Requests are answered one at a time in the order submitted, and more can be in flight,
+    so a caller with many (an agent's batch) pays one wait rather than a round trip each.
+    A caller that stops waiting does not upset the order: every answer is read. With
+    `in_process`, the state lives in this process and requests run at once, on one core.
+
+    A child that dies, or keeps a request waiting for `timeout` seconds, has taken the
+    state with it: `on_lost(why)` is called (the worker restarts in place) and every
+    request in flight fails with `StateLost`. `work` and `make_state` must be picklable
+    (functions by name, or `functools.partial` of them).
+    """
+
+    def __init__(
+        self,
+        work: Callable[..., Any],
+        make_state: Callable[[], C],
+        name: str,
+        on_lost: Callable[[str], None],
+        in_process: bool = False,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.work = work
+        self.make_state = make_state
+        self.name = name
+        self.on_lost = on_lost
+        self.in_process = in_process
+        self.timeout = timeout
+        self._state: C | None = None  # in_process only
+        self._child: _Child[C, Any] | None = None  # started at the first request
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._waiting: deque[asyncio.Future[Any]] = deque()  # answers to come, in order
+        self._answers_due = asyncio.Event()
+        self._pumps: list[asyncio.Task[None]] = []
+        self._lost = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def submit(self, *args: Any) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        if self.in_process:
+            if self._state is None:
+                self._state = self.make_state()
+            future.set_result(self.work(*args, self._state))
+        elif self._lost:
+            future.set_exception(StateLost(self._lost))
+        else:
+            if self._child is None:
+                self._child = _Child(self.work, self.make_state, self.name)
+                self._pumps = [asyncio.ensure_future(pump(self._child))
+                               for pump in (self._write, self._read)]  # fmt: skip
+            self._waiting.append(future)
+            self._answers_due.set()
+            self._outbox.put_nowait(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+        return future
+
+    async def call(self, *args: Any) -> Any:
+        return await self.submit(*args)
+
+    async def _write(self, child: _Child[C, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                payload = await self._outbox.get()
+                await loop.sock_sendall(child.socket, _LENGTH.pack(len(payload)) + payload)
+        except OSError as exc:
+            self._fail(child, exc)
+
+    async def _read(self, child: _Child[C, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._answers_due.wait()
+                answer = await asyncio.wait_for(child.answer(loop), self.timeout)
+                future = self._waiting.popleft()
+                if not self._waiting:
+                    self._answers_due.clear()
+                if not future.done():  # its caller may have stopped waiting
+                    future.set_result(answer)
+        except (EOFError, OSError) as exc:  # TimeoutError is an OSError
+            self._fail(child, exc)
+
+    def _fail(self, child: _Child[C, Any], exc: BaseException) -> None:
+        if self._lost:
+            return
+        what = "did not answer" if isinstance(exc, TimeoutError) else "died"
+        self._lost = (f"the {self.name} process {what} ({type(exc).__name__}, exit code "
+                      f"{child.exitcode}) and its state with it")  # fmt: skip
+        log.critical("%s", self._lost)
+        self.close()
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(StateLost(self._lost))
+        self.on_lost(self._lost)
+
+    def close(self) -> None:
+        for pump in self._pumps:
+            if pump is not asyncio.current_task():
+                pump.cancel()
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+
+class StateLost(RuntimeError):
+    """The child holding a stage's state died or hung (`StateProcess`)."""
+
+
 class _Child(Generic[C, R]):
     """One child process and the worker's end of the socket pair to it."""
 
-    def __init__(self, work: Callable[..., R], make_context: Callable[[], C]) -> None:
-        self._target = (work, make_context)
+    def __init__(self, work: Callable[..., R], make_context: Callable[[], C], name: str) -> None:
+        self._target = (work, make_context, name)
         self._start()
 
     def _start(self) -> None:
@@ -123,7 +247,7 @@ class _Child(Generic[C, R]):
         self._socket, theirs = socket.socketpair()
         self._socket.setblocking(False)  # the loop's sock_* calls wait in the selector
         self._process = spawn.Process(
-            target=_serve, args=(theirs, *self._target), name="linkwatch-intake", daemon=True
+            target=_serve, args=(theirs, *self._target), name=self._target[2], daemon=True
         )
         self._process.start()
         theirs.close()
@@ -135,6 +259,15 @@ class _Child(Generic[C, R]):
     @property
     def exitcode(self) -> int | None:
         return self._process.exitcode
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._socket
+
+    async def answer(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The next answer on the socket."""
+        (length,) = _LENGTH.unpack(await _received(loop, self._socket, _LENGTH.size))
+        return pickle.loads(await _received(loop, self._socket, length))
 
     async def call(self, piece: tuple[Any, ...]) -> R:
         """Send one piece and wait for its result, on the running loop."""
@@ -171,11 +304,15 @@ async def _received(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: 
     return buffer
 
 
-def _serve(sock: socket.socket, work: Callable[..., Any], make_context: Callable[[], Any]) -> None:
+def _serve(
+    sock: socket.socket, work: Callable[..., Any], make_context: Callable[[], Any], name: str
+) -> None:
     """The child: answer each piece with the work's result until the worker goes away."""
-    _die_with_parent()
+    _die_with_parent(name)
     # Ctrl-C reaches the whole process group: the worker handles it and closes the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # As in the worker (streams/cli.py): the allocator came with the environment.
+    tune_collector()
     context = make_context()
     try:
         while True:
@@ -200,11 +337,14 @@ def _read(sock: socket.socket, size: int) -> bytearray:
     return buffer
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this process when the worker that started it dies, however it dies."""
+def _die_with_parent(name: str) -> None:
+    """SIGKILL this process when the worker that started it dies, however it dies; and
+    name it, for `ps` and `top`."""
     parent = os.getppid()
     try:
-        ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.prctl(_PR_SET_NAME, name.encode()[:15])
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return  # not Linux/glibc: the pipe's EOF still ends the child on a clean stop
     if os.getppid() != parent:  # the worker died before the signal was set

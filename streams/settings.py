@@ -58,6 +58,9 @@ class Settings:
     # Child processes that validate and pseudonymise for the intake agent (streams/offload.py):
     # by default one when the machine has a second core; 0 keeps intake in the worker.
     intake_processes: int = min(1, (os.cpu_count() or 1) - 1)
+    # The resolver's state in a child process of its own (agents/resolve.py): by default
+    # when the machine has a second core; off keeps it in the worker.
+    resolver_process: bool = (os.cpu_count() or 1) > 1
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -235,6 +238,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "webhook_secret": ("LINKWATCH_WEBHOOK_SECRET", str),
     "webhook_attempts": ("LINKWATCH_WEBHOOK_ATTEMPTS", int),
     "intake_processes": ("LINKWATCH_INTAKE_PROCESSES", int),
+    "resolver_process": ("LINKWATCH_RESOLVER_PROCESS", bool),
 }
 
 

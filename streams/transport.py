@@ -57,7 +57,7 @@ from mode.utils.futures import notify
 
 from streams.memory import exec_again
 
-__all__ = ["FETCH_MAX_WAIT_MS", "LinkwatchApp", "first_record", "log_replaced"]
+__all__ = ["FETCH_MAX_WAIT_MS", "LinkwatchApp", "first_record", "log_replaced", "restart_in_place"]
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,12 @@ often a crash made intake send the same reports again."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 from agents.intake import validate_batch
 from agents.resolve import ResolveStage
@@ -28,7 +29,7 @@ class _Message:
     timestamp: int | None = None
 
 
-def _stamps(batches: list[list[int]]) -> list[Any]:
+def _stamps(batches: list[list[int]], settings: Settings = SETTINGS) -> list[Any]:
     """The watermark on every record the stage sends, when partition 0's reports at these
     input offsets reach it, one identity message per batch."""
     sent: list[list[Any]] = []
@@ -41,7 +42,7 @@ def _stamps(batches: list[list[int]]) -> list[Any]:
         return done
 
     async def run() -> None:
-        stage = ResolveStage(SETTINGS, Metrics(), send)
+        stage = ResolveStage(settings, Metrics(), send)
         stage.partitions.assign([0])  # the identity topic's one partition
         position = 0  # on the identity topic
         for offsets in batches:
@@ -55,17 +56,19 @@ def _stamps(batches: list[list[int]]) -> list[Any]:
             )
             assert not rejected
             for pack in packs:
-                await stage.partitions.process(0, _Message(pack, position))
+                # As the agent does: its sends are done once the deliveries are.
+                await asyncio.gather(*await stage.partitions.process(0, _Message(pack, position)))
                 position += 1
 
     asyncio.run(run())
     return [record["watermark"] for _, record in sent if record["kind"] == "report"]
 
 
-def test_reports_sent_again_after_a_crash_do_not_move_the_watermark() -> None:
+@pytest.mark.parametrize("in_process", [False, True], ids=["resolver process", "in the worker"])
+def test_reports_sent_again_after_a_crash_do_not_move_the_watermark(in_process: bool) -> None:
     # 6,000 reports, then a crash before any commit: intake sends all of them again, then
     # the rest. 12,000 rows reach the resolver, only 6,000 reports.
     first = list(range(6_000))
-    stamps = _stamps([first, first])
+    stamps = _stamps([first, first], replace(SETTINGS, resolver_process=not in_process))
     # JSON has no -Infinity: a watermark still held back by partition 1 is null.
     assert stamps == [None] * 12_000

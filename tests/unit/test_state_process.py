@@ -1,0 +1,162 @@
+"""The resolver's state in a child process (streams/offload.py:StateProcess): the same records
+in the same order as in the worker, answers never mixed up, and a dead child never silent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.intake import validate_batch
+from agents.resolve import Resolvers, ResolveStage, on_resolvers
+from streams.metrics import Metrics
+from streams.offload import StateLost, StateProcess
+from streams.settings import Settings
+from tests.factories import encode, make_report
+
+SETTINGS = Settings(pseudonym_key="state-process-test-key-0123", partitions=4)
+
+
+@dataclass
+class _Message:
+    value: bytes
+    offset: int
+    timestamp: int | None = None
+
+
+def _identity_messages() -> list[bytes]:
+    """Identity messages as intake writes them: accounts that share emails (merges across
+    partitions), a hub, an erasure and a message nobody can read."""
+    values = [
+        encode(make_report(f"acct-{i % 250}", f"victim-{i}", at=timedelta(minutes=i),
+                           signals={"email_hash": f"mail-{i % 97}"} if i % 3 else {}))
+        for i in range(600)
+    ]  # fmt: skip
+    values += [
+        encode(make_report(f"hub-{i}", f"hv-{i}", signals={"device_id": "shared-device"}))
+        for i in range(30)
+    ]
+    messages = []
+    for start in range(0, len(values), 70):
+        chunk = values[start : start + 70]
+        offsets = list(range(start, start + len(chunk)))
+        packs, rejected = validate_batch(chunk, [0] * len(chunk), offsets, SETTINGS.pseudonyms())
+        assert not rejected
+        messages += packs
+    erasure = {"erase": {"offender": orjson.loads(messages[0])[0][4], "victim": "nobody"}}
+    return [*messages, orjson.dumps([erasure]), b"not json"]
+
+
+def _sent(
+    settings: Settings, messages: list[bytes]
+) -> tuple[list[tuple[str, Any, bytes]], Metrics]:
+    """Everything the stage sends for `messages`, in the order it sent it."""
+    sent: list[tuple[str, Any, bytes]] = []
+    metrics = Metrics()
+
+    async def send(topic: str, key: Any, value: bytes, partition: Any, *rest: Any) -> Any:
+        await asyncio.sleep(0)  # a real send can yield: order must not depend on it
+        sent.append((topic, partition, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def run() -> None:
+        stage = ResolveStage(settings, metrics, send)
+        stage.partitions.assign([0])
+        try:
+            deliveries: list[Any] = []
+            # An agent's batch: every message submitted before any answer is awaited.
+            for offset, value in enumerate(messages):
+                deliveries += await stage.partitions.process(0, _Message(value, offset))
+            await asyncio.gather(*deliveries)
+        finally:
+            stage.close()
+
+    asyncio.run(run())
+    return sent, metrics
+
+
+def test_the_resolver_process_sends_what_the_worker_sends_in_the_same_order() -> None:
+    messages = _identity_messages()
+    in_child, child_metrics = _sent(replace(SETTINGS, resolver_process=True), messages)
+    in_worker, worker_metrics = _sent(replace(SETTINGS, resolver_process=False), messages)
+    assert in_child == in_worker
+    topics = {topic for topic, _, _ in in_child}
+    assert topics == {SETTINGS.actor_reports_topic, SETTINGS.hubs_topic}
+    kinds = {
+        record["kind"]
+        for topic, _, value in in_child
+        if topic == SETTINGS.actor_reports_topic
+        for _, record in orjson.loads(value)
+    }
+    assert {"report", "merge", "await", "erase"} <= kinds
+    for metrics in (child_metrics, worker_metrics):
+        assert metrics.internal_errors._value.get() == 1  # the unreadable message
+
+
+def _resolvers() -> StateProcess[Resolvers]:
+    lost: list[str] = []
+    process = StateProcess(on_resolvers, partial(Resolvers, SETTINGS), "lw-test", lost.append)
+    process.lost = lost  # type: ignore[attr-defined]
+    return process
+
+
+def test_an_answer_nobody_waits_for_any_more_is_still_read_in_turn() -> None:
+    async def run() -> tuple[Any, Any]:
+        process = _resolvers()
+        try:
+            await process.call("create", 0, 7)
+            value = _identity_messages()[0]
+            abandoned = asyncio.ensure_future(process.call("apply", 0, 7, value, False))
+            await asyncio.sleep(0)
+            abandoned.cancel()
+            # The next answers are this request's own, not the abandoned one's.
+            again = await process.call("apply", 0, 7, value, True)
+            return again, await process.call("forget_some", [(0, 7)])
+        finally:
+            process.close()
+
+    again, (behind, accounts) = asyncio.run(run())
+    assert again.packs == [] and again.accounts == accounts  # replaying: nothing to send
+    assert behind is False and accounts > 0
+
+
+def test_a_resolver_process_that_dies_fails_its_requests_and_says_so() -> None:
+    async def run() -> tuple[list[str], list[BaseException | None]]:
+        process = _resolvers()
+        try:
+            await process.call("create", 0, 1)
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGKILL)
+            value = _identity_messages()[0]
+            outcomes = await asyncio.gather(
+                process.call("apply", 0, 1, value, False),
+                process.call("forget_some", [(0, 1)]),
+                return_exceptions=True,
+            )
+            later = await asyncio.gather(process.call("forget_some", []), return_exceptions=True)
+            return process.lost, [*outcomes, *later]  # type: ignore[attr-defined]
+        finally:
+            process.close()
+
+    lost, outcomes = asyncio.run(run())
+    assert len(lost) == 1 and "lw-test process died" in lost[0]
+    assert all(isinstance(outcome, StateLost) for outcome in outcomes)
+
+
+@pytest.mark.parametrize("generation", [0, 2])
+def test_a_request_for_a_replaced_state_does_nothing(generation: int) -> None:
+    resolvers = Resolvers(SETTINGS)
+    resolvers.create(0, 1)
+    value = _identity_messages()[0]
+    resolved = resolvers.apply(0, generation, value, False)
+    assert resolved.packs == [] and resolved.accounts == -1
+    assert resolvers.apply(0, 1, value, False).packs
