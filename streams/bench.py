@@ -138,6 +138,7 @@ class WorkerProcess:
             "LINKWATCH_DATA_DIR": str(settings.data_dir),
             "LINKWATCH_WEB_PORT": str(self.port),
             "LINKWATCH_INTAKE_PROCESSES": str(settings.intake_processes),
+            "LINKWATCH_RESOLVER_PROCESS": "1" if settings.resolver_process else "0",
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warn"],
@@ -164,9 +165,18 @@ class WorkerProcess:
         return sum(v for k, v in values.items() if k.startswith("linkwatch_reports_total"))
 
     def rss_bytes(self, field: str = "VmRSS") -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
-        return int(match.group(1)) * 1024 if match else 0
+        """The worker's RSS and its child processes' (the resolver's state lives in one)."""
+        total = 0
+        for pid in [self.process.pid, *children_of(self.process.pid).values()]:
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text()
+                match = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
+                total += int(match.group(1)) * 1024 if match else 0
+        return total
+
+    def started_children(self) -> int:
+        """Child processes that have started (they name themselves then)."""
+        return sum(not name.startswith("python") for name in children_of(self.process.pid))
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -305,15 +315,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children_of(pid: int) -> list[int]:
-    """A worker's intake processes (streams/offload.py); not multiprocessing's resource
-    tracker, which idles beside them."""
-    found: list[int] = []
+def children_of(pid: int) -> dict[str, int]:
+    """A worker's child processes (streams/offload.py) by name (`lw-intake1`, `lw-resolve1`;
+    `python…` until one has started), not multiprocessing's resource tracker, which idles
+    beside them."""
+    found: dict[str, int] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             for child in (task / "children").read_text().split():
                 if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.append(int(child))
+                    name = Path(f"/proc/{child}/comm").read_text().strip()
+                    found[f"{name}{sum(k.startswith(name) for k in found) + 1}"] = int(child)
     return found
 
 
@@ -359,14 +371,11 @@ def run_pipeline(
     try:
         for worker in started:
             worker.wait_ready()
-            deadline = time.monotonic() + 30
-            while (len(children_of(worker.process.pid)) < settings.intake_processes
-                   and time.monotonic() < deadline):  # fmt: skip
-                time.sleep(0.1)
+        _wait_children(started, settings)
         pids = {f"worker{i + 1}": w.process.pid for i, w in enumerate(started)}
-        # Each worker's intake processes, named apart: where the worker's second core goes.
-        pids |= {f"worker{i + 1}.intake{j + 1}": child for i, w in enumerate(started)
-                 for j, child in enumerate(children_of(w.process.pid))}  # fmt: skip
+        # Each worker's child processes, named apart: where the worker's second core goes.
+        pids |= {f"worker{i + 1}.{name}": child for i, w in enumerate(started)
+                 for name, child in children_of(w.process.pid).items()}  # fmt: skip
         meter = CpuMeter(pids | {"broker": broker.pid})
         total = _Total(started)
         rate = end_to_end(total, expected, timeout=3600, meter=meter)  # type: ignore[arg-type]
@@ -388,6 +397,16 @@ def run_pipeline(
         for worker in started:
             worker.stop()
         raise
+
+
+def _wait_children(workers: list[WorkerProcess], settings: Settings) -> None:
+    """Until every worker's intake processes, and the resolver process of the one that has
+    the identity topic's partition, have started (before the CPU meter names them)."""
+    children = len(workers) * settings.intake_processes + (1 if settings.resolver_process else 0)
+    deadline = time.monotonic() + 60
+    while (sum(worker.started_children() for worker in workers) < children
+           and time.monotonic() < deadline):  # fmt: skip
+        time.sleep(0.1)
 
 
 class _Total:
@@ -525,9 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         say("peer: Quix Streams, same topic")
         peer = peer_rate(settings.bootstrap, settings.reports_topic, len(messages))
 
-        # The empty worker's RSS, on topics of its own, is the baseline for bytes per edge.
-        idle = WorkerProcess(settings_for(broker, workdir, "bench-idle"), workdir / "idle.log")
+        # The empty worker's RSS (with its child processes), on topics of its own, is the
+        # baseline for bytes per edge.
+        idle_settings = settings_for(broker, workdir, "bench-idle")
+        idle = WorkerProcess(idle_settings, workdir / "idle.log")
         idle.wait_ready()
+        _wait_children([idle], idle_settings)
         time.sleep(2)
         idle_rss = idle.rss_bytes()
         idle.stop()
@@ -553,8 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             worker.stop()
 
-        say("one worker without its intake process (LINKWATCH_INTAKE_PROCESSES=0)")
-        alone_settings = settings_for(broker, workdir, "bench-alone", intake_processes=0)
+        say("one worker in one process (no intake or resolver process)")
+        alone_settings = settings_for(broker, workdir, "bench-alone", intake_processes=0,
+                                      resolver_process=False)  # fmt: skip
         asyncio.run(produce(alone_settings.bootstrap, alone_settings.reports_topic, messages))
         alone = run_pipeline(broker, alone_settings, workdir, 1, len(messages))
         alone["workers"][0].stop()
@@ -592,7 +615,9 @@ def main(argv: list[str] | None = None) -> int:
         "broker_cpu_us_per_report": one["broker_cpu_us_per_report"],
         "cores_one_worker": one["cores"],
         "intake_processes": settings.intake_processes,
+        "resolver_process": settings.resolver_process,
         "compiled_core": compiled(),
+        # One worker in one process: no intake process, and the resolver in the worker.
         "no_intake_process_per_s": round(alone["per_s"]),
         "no_intake_process_cores": alone["cores"],
         "latency_load_per_s": round(one["per_s"] / 2),
