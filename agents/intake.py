@@ -4,54 +4,24 @@ or reject them to the rejected topic with their reason and original bytes.
 Validation and pseudonymisation are stateless and most of a report's cost, so the agent
 hands each batch to the worker's intake processes (streams/offload.py) and the event loop
 meanwhile runs the resolve and graph agents: that is where a worker's second core goes.
-`validate_batch` is the one code path, in a child process or in the worker itself.
+`validate_batch` (agents/children.py) is the one code path, in a child process or in the
+worker itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
-from agents.replay import TAKE, WITHIN, Send, packs
-from graph.contract import Rejection, parse_report
+from agents.children import Validated, validate_batch
+from agents.replay import TAKE, WITHIN, Send
 from graph.identity import Pseudonyms
-from graph.privacy import pseudonymise
 from streams.metrics import Metrics
 from streams.offload import Offload
 from streams.settings import Settings
 
 __all__ = ["Validated", "make_intake", "validate_batch", "validated"]
-
-# What a batch becomes: the identity topic's messages (packed rows, encoded, in input
-# order) and the rejections as (index in the batch, reason, detail).
-Validated = tuple[list[bytes], list[tuple[int, str, str]]]
-
-
-def validate_batch(
-    values: Sequence[bytes | None],
-    partitions: Sequence[int],
-    offsets: Sequence[int],
-    pseudonyms: Pseudonyms,
-) -> Validated:
-    """Validate and pseudonymise one batch of report messages, with each one's input
-    partition and offset. Never raises on bad input."""
-    rows: list[list[Any]] = []
-    rejected: list[tuple[int, str, str]] = []
-    for index, value in enumerate(values):
-        report = parse_report(value or b"")
-        if isinstance(report, Rejection):
-            rejected.append((index, report.reason, report.detail))
-            continue
-        row = pseudonymise(report, pseudonyms).to_row()
-        # Where it came from, for the watermark: its input partition, and its offset there,
-        # by which a report sent again after a crash is known (graph/watermark.py).
-        row += (partitions[index], offsets[index])
-        rows.append(row)
-    # Packed: the resolver's one partition sees them in this order.
-    return [orjson.dumps(pack) for pack in packs(rows)], rejected
 
 
 def make_intake(

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from agents.children import PACK, packs
 from streams.kafka import read_partitions
 
 __all__ = ["PACK", "TAKE", "WITHIN", "Message", "PartitionedState", "Send", "packs"]
@@ -29,17 +30,10 @@ S = TypeVar("S")
 # Faust's producer.send(topic, key, value, partition, timestamp, headers) -> delivery future.
 Send = Callable[..., Awaitable[Awaitable[Any]]]
 
-# Records per message on the internal topics: a few hundred KB, well under Kafka's 1 MB.
-PACK = 500
 # Each agent takes up to TAKE fetched batches (Faust events) at a time, waiting at most
 # WITHIN seconds for more: enough to amortise producing, short enough for latency.
 TAKE = 8
 WITHIN = 0.01
-
-
-def packs(items: list[Any]) -> list[list[Any]]:
-    """Split what one batch produced into messages of at most PACK records, in order."""
-    return [items[start : start + PACK] for start in range(0, len(items), PACK)]
 
 
 class Message(Protocol):

@@ -36,10 +36,12 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from streams.memory import tune_collector
-from streams.metrics import Metrics
+
+if TYPE_CHECKING:  # a child imports this module: it needs no Prometheus
+    from streams.metrics import Metrics
 
 __all__ = ["TIMEOUT", "Offload", "StateProcess"]
 
@@ -173,10 +175,7 @@ class StateProcess(Generic[C]):
         elif self._lost:
             future.set_exception(StateLost(self._lost))
         else:
-            if self._child is None:
-                self._child = _Child(self.work, self.make_state, self.name)
-                self._pumps = [asyncio.ensure_future(pump(self._child))
-                               for pump in (self._write, self._read)]  # fmt: skip
+            self.start()
             self._waiting.append(future)
             self._answers_due.set()
             self._outbox.put_nowait(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
@@ -184,6 +183,15 @@ class StateProcess(Generic[C]):
 
     async def call(self, *args: Any) -> Any:
         return await self.submit(*args)
+
+    def start(self) -> None:
+        """Start the child now, on the running loop, rather than at the first request (a
+        child takes a second or two to import what it needs)."""
+        if self.in_process or self._child is not None or self._lost:
+            return
+        self._child = _Child(self.work, self.make_state, self.name)
+        self._pumps = [asyncio.ensure_future(pump(self._child))
+                       for pump in (self._write, self._read)]  # fmt: skip
 
     async def _write(self, child: _Child[C, Any]) -> None:
         loop = asyncio.get_running_loop()

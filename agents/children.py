@@ -1,0 +1,207 @@
+"""What the worker's child processes run (streams/offload.py): intake's validation, and the
+resolver's state and work. The agents in agents/intake.py and agents/resolve.py hand it over.
+
+It imports nothing heavy (no Faust, no Kafka client): a child imports this module to unpickle
+its work, and with the agents' modules it took a second of CPU and 60 MB to start, where
+this takes a tenth of that and 21 MB.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from graph.aliases import AliasResolver
+from graph.contract import Rejection, Report, parse_report
+from graph.identity import Pseudonyms
+from graph.privacy import pseudonymise
+from graph.records import erasure_records, partition_of, resolution_records
+from graph.watermark import LowWatermark
+from streams import memory
+from streams.settings import Settings
+
+__all__ = [
+    "PACK",
+    "Resolved",
+    "Resolvers",
+    "Validated",
+    "on_resolvers",
+    "packs",
+    "validate_batch",
+]
+
+# Records per message on the internal topics: a few hundred KB, well under Kafka's 1 MB.
+PACK = 500
+
+
+def packs(items: list[Any]) -> list[list[Any]]:
+    """Split what one batch produced into messages of at most PACK records, in order."""
+    return [items[start : start + PACK] for start in range(0, len(items), PACK)]
+
+
+# What a batch becomes: the identity topic's messages (packed rows, encoded, in input
+# order) and the rejections as (index in the batch, reason, detail).
+Validated = tuple[list[bytes], list[tuple[int, str, str]]]
+
+
+def validate_batch(
+    values: Sequence[bytes | None],
+    partitions: Sequence[int],
+    offsets: Sequence[int],
+    pseudonyms: Pseudonyms,
+) -> Validated:
+    """Validate and pseudonymise one batch of report messages, with each one's input
+    partition and offset. Never raises on bad input."""
+    rows: list[list[Any]] = []
+    rejected: list[tuple[int, str, str]] = []
+    for index, value in enumerate(values):
+        report = parse_report(value or b"")
+        if isinstance(report, Rejection):
+            rejected.append((index, report.reason, report.detail))
+            continue
+        row = pseudonymise(report, pseudonyms).to_row()
+        # Where it came from, for the watermark: its input partition, and its offset there,
+        # by which a report sent again after a crash is known (graph/watermark.py).
+        row += (partitions[index], offsets[index])
+        rows.append(row)
+    # Packed: the resolver's one partition sees them in this order.
+    return [orjson.dumps(pack) for pack in packs(rows)], rejected
+
+
+@dataclass(slots=True)
+class _Resolving:
+    """One identity partition's state: which account is whose, and how far the stream has got."""
+
+    generation: int  # which `create` made it (Resolvers below)
+    resolver: AliasResolver
+    watermark: LowWatermark
+
+
+class Resolved(NamedTuple):
+    """What one identity message became: what the worker sends on, logs and counts."""
+
+    packs: list[tuple[int, bytes]]  # (actor-reports partition, packed records), in order
+    hubs: list[tuple[str, str, int]]  # (signal, fingerprint, accounts) of new hubs
+    erased: list[str | None]  # the actor of each erasure applied (None: not an offender)
+    errors: list[str]  # what could not be read
+    accounts: int  # accounts the resolver holds now; -1: not known (nothing was resolved)
+
+
+_NOTHING = Resolved([], [], [], [], -1)
+
+
+class Resolvers:
+    """The resolver state of the identity partitions this worker owns (in practice the
+    topic's one partition), and the work on it. It lives in the resolver process
+    (`LINKWATCH_RESOLVER_PROCESS`, streams/offload.py:StateProcess), or in the worker.
+
+    Each state is made by `create` with a generation number, and every call names the
+    generation it means: a call for a state that a rebalance has since replaced does
+    nothing, as a call on a dropped object did when the state lived in the worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._states: dict[int, _Resolving] = {}
+        self._accounts_at_trim = 0
+        self._frozen_at = time.monotonic()
+
+    def create(self, partition: int, generation: int) -> None:
+        settings = self.settings
+        resolver = AliasResolver(
+            settings.secret_bytes,
+            settings.max_accounts_per_signal,
+            settings.link_by_text,
+            settings.window_seconds,
+        )
+        watermark = LowWatermark(settings.partitions)
+        self._states[partition] = _Resolving(generation, resolver, watermark)
+
+    def apply(
+        self, partition: int, generation: int, value: bytes | None, replaying: bool
+    ) -> Resolved:
+        """One identity message: rows (reports) and objects (erasures, `linkwatch erase`),
+        resolved in order into packed records for each actor-reports partition."""
+        state = self._states.get(partition)
+        if state is None or state.generation != generation:
+            return _NOTHING
+        resolver = state.resolver
+        try:
+            rows = orjson.loads(value or b"")
+            reports = [(row, row if type(row) is dict else Report.from_row(row)) for row in rows]
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return _NOTHING._replace(errors=["an unreadable batch"])
+        partitions = self.settings.partitions
+        by_partition: dict[int, list[list[Any]]] = {}
+        hubs: list[tuple[str, str, int]] = []
+        erased: list[str | None] = []
+        errors: list[str] = []
+        for row, report in reports:
+            if not isinstance(report, Report):
+                try:
+                    erasure = row["erase"]
+                    offender, victim = str(erasure["offender"]), str(erasure["victim"])
+                except (KeyError, TypeError):
+                    errors.append("an unreadable erasure")
+                    continue
+                actor_id = resolver.erase(offender)
+                if replaying:
+                    continue
+                erased.append(actor_id)
+                for target, key, record in erasure_records(actor_id, offender, victim, partitions):
+                    by_partition.setdefault(target, []).append([key, record])
+                continue
+            # Its input partition and its offset there (rows from older workers lack these).
+            source = row[10] if len(row) > 10 else 0
+            offset = row[11] if len(row) > 11 else -1
+            stamp = state.watermark.observe(source, report.event_time, offset)
+            resolution = resolver.resolve(report, stamp)
+            if replaying:
+                continue
+            hubs += [(hub.signal, hub.fingerprint, hub.accounts) for hub in resolution.hubs]
+            for key, record in resolution_records(resolution, row[:10]):
+                target = partition_of(key, partitions)
+                by_partition.setdefault(target, []).append([key, record])
+        # One message per partition: the records of this batch for that partition, in order.
+        packed = [(target, orjson.dumps(pack))
+                  for target, entries in sorted(by_partition.items())
+                  for pack in packs(entries)]  # fmt: skip
+        return Resolved(packed, hubs, erased, errors, resolver.accounts)
+
+    def forget_some(self, live: list[tuple[int, int]]) -> tuple[bool, int]:
+        """A step of retention (`AliasResolver.forget_some`) for the states still owned,
+        (partition, generation) in `live`; the others are dropped. Returns (more is due,
+        accounts held)."""
+        wanted = dict(live)
+        for partition, state in list(self._states.items()):
+            if wanted.get(partition) != state.generation:
+                del self._states[partition]
+        behind = False
+        for state in self._states.values():
+            behind |= state.resolver.forget_some()
+        accounts = sum(state.resolver.accounts for state in self._states.values())
+        self._keep_memory_down(accounts)
+        return behind, accounts
+
+    def _keep_memory_down(self, accounts: int) -> None:
+        """What the worker does for its own heap (streams/app.py, agents/graph.py), for this
+        one's when it is a process of its own: freeze the survivors now and then, and hand
+        pages back once retention has freed half the accounts."""
+        now = time.monotonic()
+        if now - self._frozen_at >= memory.FREEZE_EVERY:
+            memory.freeze()
+            self._frozen_at = now
+        if accounts * 2 < self._accounts_at_trim:
+            memory.release()
+            self._accounts_at_trim = accounts
+        else:
+            self._accounts_at_trim = max(self._accounts_at_trim, accounts)
+
+
+def on_resolvers(method: str, *args: Any) -> Any:
+    """`Resolvers.method(*args)` on the state passed last: the resolver process's work."""
+    *arguments, resolvers = args
+    return getattr(resolvers, method)(*arguments)
