@@ -121,6 +121,13 @@ def build_app(
 
     app.task(expire_trailing)
 
+    async def start_resolver() -> None:
+        """The resolver process starts with the worker, not when the group gives this worker
+        the identity partition: it is ready by then, and ready for a failover."""
+        resolve.state.start()
+
+    app.task(start_resolver)
+
     # Faust signals call receivers as (sender, *args, signal=..., **kwargs).
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         for state in stateful:
