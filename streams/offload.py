@@ -155,7 +155,7 @@ class StateProcess(Generic[C]):
         self.in_process = in_process
         self.timeout = timeout
         self._state: C | None = None  # in_process only
-        self._child: _Child[C, Any] | None = None  # started at the first request
+        self._child: _Child[C, Any] | None = None  # by `start` or the first request
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._waiting: deque[asyncio.Future[Any]] = deque()  # answers to come, in order
         self._answers_due = asyncio.Event()
@@ -283,8 +283,7 @@ class _Child(Generic[C, R]):
         payload = pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)
         await loop.sock_sendall(self._socket, _LENGTH.pack(len(payload)))
         await loop.sock_sendall(self._socket, payload)
-        (length,) = _LENGTH.unpack(await _received(loop, self._socket, _LENGTH.size))
-        answer: R = pickle.loads(await _received(loop, self._socket, length))
+        answer: R = await self.answer(loop)
         return answer
 
     def restart(self) -> None:
