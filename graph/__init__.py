@@ -5,6 +5,7 @@ compiled module before its source, so a compiled module left over from an older 
 would run old code: importing the package refuses that, and says what to run.
 """
 
+import sys
 from pathlib import Path
 
 
@@ -19,6 +20,18 @@ def refuse_stale_compiled_modules(here: Path) -> None:
             )
 
 
+def find_shared_runtime(here: Path) -> None:
+    """Make mypyc's shared library for the compiled modules importable.
+
+    mypyc writes it beside the package, at the project's root, as a top-level module
+    (`<hash>__mypyc`), and every compiled module imports it. The editable install maps
+    only the packages, so the `linkwatch` command, run from anywhere but the root, could
+    not import a compiled module (the image copies the library into site-packages)."""
+    root = here.parent
+    if any(root.glob("*__mypyc*.so")) and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
 def compiled() -> bool:
     """Whether the stateful core runs compiled (mypyc) rather than interpreted."""
     from graph import window
@@ -27,3 +40,4 @@ def compiled() -> bool:
 
 
 refuse_stale_compiled_modules(Path(__file__).parent)
+find_shared_runtime(Path(__file__).parent)
