@@ -81,10 +81,6 @@ class PartitionedState(Generic[S]):
     def states(self) -> list[S]:
         return [part.state for part in self._partitions.values()]
 
-    def items(self) -> list[tuple[int, S]]:
-        """(partition, state) of each partition whose state is rebuilt."""
-        return [(partition, part.state) for partition, part in self._partitions.items()]
-
     @property
     def served(self) -> set[int]:
         """The owned partitions whose state is rebuilt: what a snapshot can show of them."""

@@ -63,6 +63,9 @@ class ResolveStage:
             in_process=not settings.resolver_process,
         )
         self._generations = itertools.count()
+        # partition -> the generation of its newest state, from the moment `_create` makes
+        # it: a state being rebuilt by replay is not in `partitions` yet, and must live.
+        self._newest: dict[int, int] = {}
         self._sending: asyncio.Future[None] | None = None  # the last message's sends made
         self.partitions: PartitionedState[_Handle] = PartitionedState(
             settings.bootstrap, settings.identity_topic, self._create, self._apply
@@ -71,7 +74,9 @@ class ResolveStage:
     async def expire_some(self) -> bool:
         """A step of the resolver's retention (`AliasResolver.forget_some`); True if more
         is due."""
-        live = [(partition, handle.generation) for partition, handle in self.partitions.items()]
+        owned = self.partitions.owned
+        live = [(partition, generation) for partition, generation in self._newest.items()
+                if partition in owned]  # fmt: skip
         behind, accounts = await self.state.call("forget_some", live)
         self.metrics.accounts.set(accounts)
         return bool(behind)
@@ -81,6 +86,7 @@ class ResolveStage:
 
     async def _create(self, partition: int) -> _Handle:
         generation = next(self._generations)
+        self._newest[partition] = generation
         await self.state.call("create", partition, generation)
         return _Handle(generation)
 

@@ -160,3 +160,31 @@ def test_a_request_for_a_replaced_state_does_nothing(generation: int) -> None:
     resolved = resolvers.apply(0, generation, value, False)
     assert resolved.packs == [] and resolved.accounts == -1
     assert resolvers.apply(0, 1, value, False).packs
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["resolver process", "in the worker"])
+def test_retention_keeps_a_state_that_replay_is_still_rebuilding(in_process: bool) -> None:
+    # PartitionedState stores a partition's state only once its catch-up replay is done; the
+    # expiry timer runs meanwhile, and must not drop the state being rebuilt (it did: every
+    # message after the replay then resolved to nothing).
+    sent: list[bytes] = []
+
+    async def send(topic: str, key: Any, value: bytes, *rest: Any) -> Any:
+        sent.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def run() -> None:
+        stage = ResolveStage(replace(SETTINGS, resolver_process=not in_process), Metrics(), send)
+        stage.partitions.assign([0])
+        try:
+            handle = await stage._create(0)  # what the catch-up does first
+            await stage.expire_some()  # the timer, mid-replay
+            value = _identity_messages()[0]
+            await asyncio.gather(*await stage._apply(0, handle, _Message(value, 0), False))
+        finally:
+            stage.close()
+
+    asyncio.run(run())
+    assert sent
