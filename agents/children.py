@@ -106,7 +106,7 @@ class Resolvers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._states: dict[int, _Resolving] = {}
-        self._accounts_at_trim = 0
+        self._trimmer = memory.Trimmer()
         self._frozen_at = time.monotonic()
 
     def create(self, partition: int, generation: int) -> None:
@@ -183,22 +183,18 @@ class Resolvers:
         for state in self._states.values():
             behind |= state.resolver.forget_some()
         accounts = sum(state.resolver.accounts for state in self._states.values())
-        self._keep_memory_down(accounts)
+        self._keep_memory_down(accounts, behind)
         return behind, accounts
 
-    def _keep_memory_down(self, accounts: int) -> None:
+    def _keep_memory_down(self, accounts: int, behind: bool) -> None:
         """What the worker does for its own heap (streams/app.py, agents/graph.py), for this
         one's when it is a process of its own: freeze the survivors now and then, and hand
-        pages back once retention has freed half the accounts."""
+        pages back as retention frees accounts (`memory.Trimmer`)."""
         now = time.monotonic()
         if now - self._frozen_at >= memory.FREEZE_EVERY:
             memory.freeze()
             self._frozen_at = now
-        if accounts * 2 < self._accounts_at_trim:
-            memory.release()
-            self._accounts_at_trim = accounts
-        else:
-            self._accounts_at_trim = max(self._accounts_at_trim, accounts)
+        self._trimmer.held(accounts, behind)
 
 
 def on_resolvers(method: str, *args: Any) -> Any:

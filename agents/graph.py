@@ -23,7 +23,7 @@ from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send, packs
 from graph.records import InvalidRecord, PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import actor_partition, read_partitions
-from streams.memory import release
+from streams.memory import Trimmer
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -45,7 +45,7 @@ class GraphStage:
         self.send = send
         self.rule = settings.rule()
         self.pseudonyms = settings.pseudonyms()
-        self._edges_at_trim = 0
+        self._trimmer = Trimmer()
         self.partitions: PartitionedState[PartitionGraph] = PartitionedState(
             settings.bootstrap, settings.actor_reports_topic, self._create, self._apply
         )
@@ -53,24 +53,21 @@ class GraphStage:
     def graphs(self) -> list[RollingGraph]:
         return [partition.graph for partition in self.partitions.states()]
 
-    def refresh_gauges(self) -> None:
+    def refresh_gauges(self, behind: bool | None = None) -> None:
+        """The gauges, and free pages handed back as expiry frees edges (`memory.Trimmer`;
+        `behind`: whether trailing expiry is still behind, when known)."""
         graphs = self.graphs()
         live_edges = sum(graph.live_edges for graph in graphs)
         self.metrics.live_edges.set(live_edges)
         self.metrics.actors.set(sum(graph.actor_count for graph in graphs))
-        # Expiry has freed over half the edges since the last trim: hand the pages back.
-        if live_edges * 2 < self._edges_at_trim:
-            release()
-            self._edges_at_trim = live_edges
-        else:
-            self._edges_at_trim = max(self._edges_at_trim, live_edges)
+        self._trimmer.held(live_edges, behind)
 
     def expire_some(self) -> bool:
         """A slice of the expiry that trails the watermark (`RollingGraph.expire_some`);
         True if more is due."""
-        behind = [graph.expire_some(EXPIRY_SLICE) for graph in self.graphs()]
-        self.refresh_gauges()
-        return any(behind)
+        behind = any([graph.expire_some(EXPIRY_SLICE) for graph in self.graphs()])
+        self.refresh_gauges(behind)
+        return behind
 
     async def _create(self, partition: int) -> PartitionGraph:
         graph = RollingGraph(self.settings.window_seconds, self.rule, self.pseudonyms.reveal)

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "FREEZE_EVERY",
+    "Trimmer",
     "exec_again",
     "freeze",
     "release",
@@ -65,6 +66,28 @@ def release() -> None:
     """Give free heap pages back to the operating system (glibc only; else a no-op)."""
     if _trim is not None:
         _trim(0)
+
+
+class Trimmer:
+    """When a state's expiry has freed enough for `release` to be worth its walk of the heap:
+    once what it holds has halved since the last release, and again when a trailing expiry
+    has caught up (its last step copies the shrunken tables, which frees the old ones)."""
+
+    def __init__(self) -> None:
+        self._held_at_release = 0
+        self._behind = False
+
+    def held(self, count: int, behind: bool | None = None) -> None:
+        """The state holds `count` items now; `behind`: whether its expiry still trails
+        (None: not known at this call)."""
+        caught_up = False
+        if behind is not None:
+            caught_up, self._behind = self._behind and not behind, behind
+        if caught_up or count * 2 < self._held_at_release:
+            release()
+            self._held_at_release = count
+        else:
+            self._held_at_release = max(self._held_at_release, count)
 
 
 # Allocations between young collections, young collections per middle one, middle ones

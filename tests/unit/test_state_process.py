@@ -188,3 +188,37 @@ def test_retention_keeps_a_state_that_replay_is_still_rebuilding(in_process: boo
 
     asyncio.run(run())
     assert sent
+
+
+def test_the_resolver_hands_pages_back_once_retention_has_caught_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retention's last step copies the shrunken tables, which frees the old ones: the free
+    pages go back then, even when fewer than half the accounts went (which also does it)."""
+    released: list[int] = []
+    monkeypatch.setattr("agents.children.memory.release", lambda: released.append(1))
+    settings = replace(SETTINGS, partitions=1, window_days=10.0)
+    resolvers = Resolvers(settings)
+    resolvers.create(0, 1)
+
+    def apply(values: list[bytes], start: int) -> None:
+        offsets = list(range(start, start + len(values)))
+        packs, _ = validate_batch(values, [0] * len(values), offsets, settings.pseudonyms())
+        for pack in packs:
+            resolvers.apply(0, 1, pack, False)
+
+    apply([encode(make_report(f"old-{i}", f"v-{i}")) for i in range(3_000)], 0)
+    apply([encode(make_report(f"new-{i}", f"w-{i}", at=timedelta(days=5))) for i in range(6_000)],
+          3_000)  # fmt: skip
+    # The window slides past the 3,000 old accounts, not the 6,000 newer ones.
+    apply([encode(make_report("late", "late-victim", at=timedelta(days=10, hours=12)))], 9_000)
+    steps = []
+    while True:
+        behind, accounts = resolvers.forget_some([(0, 1)])
+        steps.append((behind, len(released)))
+        if not behind:
+            break
+    assert accounts == 6_001
+    assert steps[0] == (True, 0)  # a slice at a time (`FORGET_SLICE`)
+    assert steps[-1] == (False, 1)  # and the pages go back once, when it has caught up
+    assert resolvers.forget_some([(0, 1)]) == (False, 6_001) and len(released) == 1

@@ -1,0 +1,40 @@
+"""When the worker and its children hand free pages back (streams/memory.py:Trimmer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams import memory
+
+
+@pytest.fixture
+def releases(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "release", lambda: calls.append(1))
+    return calls
+
+
+def test_pages_go_back_once_what_is_held_has_halved(releases: list[int]) -> None:
+    trimmer = memory.Trimmer()
+    for count in (1_000, 4_000, 2_500, 2_001):
+        trimmer.held(count)
+    assert releases == []  # it grew, then fell by less than half
+    trimmer.held(1_999)
+    assert releases == [1]
+    trimmer.held(1_500)
+    assert releases == [1]  # measured from the last release now
+    trimmer.held(999)
+    assert releases == [1, 1]
+
+
+def test_pages_go_back_when_a_trailing_expiry_catches_up(releases: list[int]) -> None:
+    trimmer = memory.Trimmer()
+    trimmer.held(10_000, behind=False)
+    trimmer.held(9_000, behind=True)
+    trimmer.held(8_000)  # a batch between slices: not known whether still behind
+    trimmer.held(7_000, behind=True)
+    assert releases == []
+    trimmer.held(6_000, behind=False)  # caught up, with more than half still held
+    assert releases == [1]
+    trimmer.held(6_000, behind=False)
+    assert releases == [1]  # only on the step that caught up
