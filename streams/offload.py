@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -38,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from streams.memory import tune_collector
+from streams.memory import release, tune_collector
 
 if TYPE_CHECKING:  # a child imports this module: it needs no Prometheus
     from streams.metrics import Metrics
@@ -57,6 +58,11 @@ _LENGTH = struct.Struct("!Q")
 # A child that has not answered a batch in this long is taken as hung. The largest batch
 # (16,000 reports) takes about half a second.
 TIMEOUT = 30.0
+# A child that has been sent this much since it last trimmed its heap, and then waits this
+# long (seconds) for the next request, gives its free pages back (`memory.release`): the
+# batches it decoded and answered are garbage by then, spread through its heap.
+TRIM_AFTER_BYTES = 4 << 20
+TRIM_IDLE = 0.5
 
 
 class Offload(Generic[C, R]):
@@ -321,15 +327,29 @@ def _serve(
     # As in the worker (streams/cli.py): the allocator came with the environment.
     tune_collector()
     context = make_context()
+    received = 0  # bytes of requests since the heap was last trimmed
     try:
         while True:
+            if received >= TRIM_AFTER_BYTES and not select.select([sock], [], [], TRIM_IDLE)[0]:
+                _rest(context)
+                received = 0
             (length,) = _LENGTH.unpack(_read(sock, _LENGTH.size))
+            received += length
             piece = pickle.loads(_read(sock, length))
             answer = pickle.dumps(work(*piece, context), protocol=pickle.HIGHEST_PROTOCOL)
             sock.sendall(_LENGTH.pack(len(answer)))
             sock.sendall(answer)
     except (EOFError, OSError):  # the worker closed its end, or went
         return
+
+
+def _rest(context: Any) -> None:
+    """A burst of work is over: the context drops what only sped the burst up (its
+    `idle()`, if it has one: the pseudonyms' caches), and the free pages go back."""
+    idle = getattr(context, "idle", None)
+    if callable(idle):
+        idle()
+    release()
 
 
 def _read(sock: socket.socket, size: int) -> bytearray:

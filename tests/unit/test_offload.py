@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
+from pathlib import Path
 
 import orjson
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from agents.intake import Validated, validate_batch, validated
 from graph.identity import Pseudonyms
 from streams.metrics import Metrics
-from streams.offload import TIMEOUT, Offload
+from streams.offload import TIMEOUT, TRIM_AFTER_BYTES, TRIM_IDLE, Offload
 from streams.settings import Settings
 from tests.factories import encode, make_report
 
@@ -118,3 +121,43 @@ def test_a_child_that_does_not_answer_is_replaced(
     offload.timeout = TIMEOUT  # the replacement starts up too
     assert asyncio.run(validated(offload, records)) == expected
     assert offload.metrics.internal_errors._value.get() == 1  # it answered
+
+
+class _Resting:
+    """A child's context that leaves a file behind when the child rests (its `idle()`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def idle(self) -> None:
+        with open(self.path, "a") as marks:
+            marks.write("rested\n")
+
+
+def _size(piece: bytes, context: _Resting) -> int:
+    return len(piece)
+
+
+def test_a_child_rests_after_a_burst_of_work_and_not_before(tmp_path: Path) -> None:
+    """After TRIM_AFTER_BYTES of requests and TRIM_IDLE seconds without one, a child drops
+    its context's caches (`idle()`) and hands its free pages back; once per burst."""
+    marks = tmp_path / "rests"
+    offload = Offload(1, _size, partial(_Resting, str(marks)), Metrics())
+    piece = b"x" * (1 << 20)
+
+    async def burst(pieces: int) -> None:
+        for _ in range(pieces):
+            assert await offload.map([(piece,)]) == [len(piece)]
+
+    try:
+        asyncio.run(burst(TRIM_AFTER_BYTES // len(piece) - 1))
+        time.sleep(TRIM_IDLE * 4)
+        assert not marks.exists()  # under the threshold: nothing to give back yet
+        asyncio.run(burst(2))
+        deadline = time.monotonic() + 10
+        while not marks.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(TRIM_IDLE * 4)
+        assert marks.read_text() == "rested\n"  # once, not at every idle pause
+    finally:
+        offload.close()
