@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +43,15 @@ def make_report(
 
 def encode(report: dict[str, Any]) -> bytes:
     return orjson.dumps(report)
+
+
+@dataclass
+class Message:
+    """A record as a stage's `process` reads it (its value, offset and timestamp in ms)."""
+
+    value: bytes
+    offset: int
+    timestamp: int | None = None
 
 
 def serial_case(

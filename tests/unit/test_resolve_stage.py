@@ -4,7 +4,7 @@ often a crash made intake send the same reports again."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -15,18 +15,11 @@ from agents.intake import validate_batch
 from agents.resolve import ResolveStage
 from streams.metrics import Metrics
 from streams.settings import Settings
-from tests.factories import encode, make_report
+from tests.factories import Message, encode, make_report
 
 # Two input partitions, and partition 1 never sends: it holds the watermark back until
 # 10,000 reports have come from partition 0 (graph/watermark.py).
 SETTINGS = Settings(pseudonym_key="resolve-stage-test-key-0123", partitions=2)
-
-
-@dataclass
-class _Message:
-    value: bytes
-    offset: int
-    timestamp: int | None = None
 
 
 def _stamps(batches: list[list[int]], settings: Settings = SETTINGS) -> list[Any]:
@@ -57,7 +50,7 @@ def _stamps(batches: list[list[int]], settings: Settings = SETTINGS) -> list[Any
             assert not rejected
             for pack in packs:
                 # As the agent does: its sends are done once the deliveries are.
-                await asyncio.gather(*await stage.partitions.process(0, _Message(pack, position)))
+                await asyncio.gather(*await stage.partitions.process(0, Message(pack, position)))
                 position += 1
 
     asyncio.run(run())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -19,16 +19,9 @@ from agents.resolve import Resolvers, ResolveStage, on_resolvers
 from streams.metrics import Metrics
 from streams.offload import StateLost, StateProcess
 from streams.settings import Settings
-from tests.factories import encode, make_report
+from tests.factories import Message, encode, make_report
 
 SETTINGS = Settings(pseudonym_key="state-process-test-key-0123", partitions=4)
-
-
-@dataclass
-class _Message:
-    value: bytes
-    offset: int
-    timestamp: int | None = None
 
 
 def _identity_messages() -> list[bytes]:
@@ -75,7 +68,7 @@ def _sent(
             deliveries: list[Any] = []
             # An agent's batch: every message submitted before any answer is awaited.
             for offset, value in enumerate(messages):
-                deliveries += await stage.partitions.process(0, _Message(value, offset))
+                deliveries += await stage.partitions.process(0, Message(value, offset))
             await asyncio.gather(*deliveries)
         finally:
             stage.close()
@@ -182,7 +175,7 @@ def test_retention_keeps_a_state_that_replay_is_still_rebuilding(in_process: boo
             handle = await stage._create(0)  # what the catch-up does first
             await stage.expire_some()  # the timer, mid-replay
             value = _identity_messages()[0]
-            await asyncio.gather(*await stage._apply(0, handle, _Message(value, 0), False))
+            await asyncio.gather(*await stage._apply(0, handle, Message(value, 0), False))
         finally:
             stage.close()
 
