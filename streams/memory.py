@@ -69,9 +69,12 @@ def release() -> None:
 
 
 class Trimmer:
-    """When a state's expiry has freed enough for `release` to be worth its walk of the heap:
-    once what it holds has halved since the last release, and again when a trailing expiry
-    has caught up (its last step copies the shrunken tables, which frees the old ones)."""
+    """When a state's expiry has freed enough for `release` to be worth its walk of the heap
+    (measured: 26-115 ms on a fragmented 450 MB heap, on the caller's thread): once what
+    it holds has halved since the last release, and when a trailing expiry has caught up
+    after freeing a quarter of it (its last step copies the shrunken tables, which frees
+    the old ones). A steady stream, whose expiry catches up every few seconds having
+    freed little, never pays for it."""
 
     def __init__(self) -> None:
         self._held_at_release = 0
@@ -83,7 +86,8 @@ class Trimmer:
         caught_up = False
         if behind is not None:
             caught_up, self._behind = self._behind and not behind, behind
-        if caught_up or count * 2 < self._held_at_release:
+        peak = self._held_at_release  # the most it has held since the last release
+        if count * 2 < peak or (caught_up and count * 4 < peak * 3):
             release()
             self._held_at_release = count
         else:

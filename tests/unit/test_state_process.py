@@ -203,6 +203,7 @@ def test_the_resolver_hands_pages_back_once_retention_has_caught_up(
     apply([encode(make_report(f"old-{i}", f"v-{i}")) for i in range(3_000)], 0)
     apply([encode(make_report(f"new-{i}", f"w-{i}", at=timedelta(days=5))) for i in range(6_000)],
           3_000)  # fmt: skip
+    assert resolvers.forget_some([(0, 1)]) == (False, 9_000)  # the timer's call, each second
     # The window slides past the 3,000 old accounts, not the 6,000 newer ones.
     apply([encode(make_report("late", "late-victim", at=timedelta(days=10, hours=12)))], 9_000)
     steps = []
