@@ -14,7 +14,9 @@ The worker's event loop runs every agent on one core (the GIL). Two kinds of wor
   replay exactly as after a SIGKILL.
 
 A child is a plain `multiprocessing` spawn process that answers one request at a time over
-a socket pair, and it dies with the worker (PR_SET_PDEATHSIG).
+a socket pair, and it dies with the worker (PR_SET_PDEATHSIG). After a burst of requests it
+rests (`_rest`): its context's `idle()`, if it has one, drops what only sped the burst up
+(the pseudonyms' caches), and its free pages go back to the system.
 
 The event loop itself writes each batch to the socket and reads the answer when the
 selector says it is there (`loop.sock_sendall`, `loop.sock_recv_into`): no thread hands
