@@ -71,13 +71,15 @@ def release() -> None:
 class Trimmer:
     """When a state's expiry has freed enough for `release` to be worth its walk of the heap
     (measured: 26-115 ms on a fragmented 450 MB heap, on the caller's thread): once what
-    it holds has halved since the last release, and when a trailing expiry has caught up
-    after freeing a quarter of it (its last step copies the shrunken tables, which frees
-    the old ones). A steady stream, whose expiry catches up every few seconds having
-    freed little, never pays for it."""
+    it holds has halved since the last release, and when a trailing expiry catches up
+    holding under three quarters of the most it held since it last caught up (its last
+    step copies the shrunken tables, which frees the old ones, even when the count had
+    already reached its low). A steady stream, whose expiry catches up every few seconds
+    having freed little, never pays for it."""
 
     def __init__(self) -> None:
-        self._held_at_release = 0
+        self._held_at_release = 0  # the most held since the last release
+        self._held_at_catch_up = 0  # the most held since expiry last caught up
         self._behind = False
 
     def held(self, count: int, behind: bool | None = None) -> None:
@@ -86,12 +88,15 @@ class Trimmer:
         caught_up = False
         if behind is not None:
             caught_up, self._behind = self._behind and not behind, behind
-        peak = self._held_at_release  # the most it has held since the last release
-        if count * 2 < peak or (caught_up and count * 4 < peak * 3):
+        self._held_at_release = max(self._held_at_release, count)
+        self._held_at_catch_up = max(self._held_at_catch_up, count)
+        if count * 2 < self._held_at_release or (
+            caught_up and count * 4 < self._held_at_catch_up * 3
+        ):
             release()
             self._held_at_release = count
-        else:
-            self._held_at_release = max(self._held_at_release, count)
+        if caught_up:
+            self._held_at_catch_up = count
 
 
 # Allocations between young collections, young collections per middle one, middle ones

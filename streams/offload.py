@@ -335,14 +335,22 @@ def _serve(
             if received >= TRIM_AFTER_BYTES and not select.select([sock], [], [], TRIM_IDLE)[0]:
                 _rest(context)
                 received = 0
-            (length,) = _LENGTH.unpack(_read(sock, _LENGTH.size))
-            received += length
-            piece = pickle.loads(_read(sock, length))
-            answer = pickle.dumps(work(*piece, context), protocol=pickle.HIGHEST_PROTOCOL)
-            sock.sendall(_LENGTH.pack(len(answer)))
-            sock.sendall(answer)
+            received += _answer(sock, work, context)
     except (EOFError, OSError):  # the worker closed its end, or went
         return
+
+
+def _answer(sock: socket.socket, work: Callable[..., Any], context: Any) -> int:
+    """Read one request and send its answer; returns the request's size. Nothing of either
+    outlives the call: a batch's objects are spread through the heap, and a child that held
+    the last one while it waited would keep their pages when it rests (measured: an intake
+    process kept 63-70 MB after a burst where it needed 40)."""
+    (length,) = _LENGTH.unpack(_read(sock, _LENGTH.size))
+    piece = pickle.loads(_read(sock, length))
+    answer = pickle.dumps(work(*piece, context), protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LENGTH.pack(len(answer)))
+    sock.sendall(answer)
+    return length
 
 
 def _rest(context: Any) -> None:

@@ -48,3 +48,22 @@ def test_a_catch_up_that_freed_little_leaves_the_heap_alone(releases: list[int])
         trimmer.held(count, behind=True)
         trimmer.held(count - 50, behind=False)
     assert releases == []
+
+
+def test_a_catch_up_after_halving_releases_what_the_last_step_freed(releases: list[int]) -> None:
+    """A slide past everything: the count halves (a release) and reaches its low while
+    expiry is still behind (the resolver's signal values retire after its accounts); the
+    step that catches up then copies the shrunken tables, freeing the old ones, and that
+    must be handed back too, though the count did not move since the last release."""
+    trimmer = memory.Trimmer()
+    trimmer.held(100_000, behind=False)
+    trimmer.held(40_000, behind=True)
+    assert releases == [1]  # halved
+    trimmer.held(64, behind=True)
+    assert releases == [1, 1]  # halved again
+    trimmer.held(64, behind=True)
+    trimmer.held(64, behind=False)  # caught up: the tables were copied down
+    assert releases == [1, 1, 1]
+    trimmer.held(64, behind=True)
+    trimmer.held(64, behind=False)  # a later catch-up that freed nothing
+    assert releases == [1, 1, 1]

@@ -6,7 +6,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -159,5 +160,50 @@ def test_a_child_rests_after_a_burst_of_work_and_not_before(tmp_path: Path) -> N
             time.sleep(0.05)
         time.sleep(TRIM_IDLE * 4)
         assert marks.read_text() == "rested\n"  # once, not at every idle pause
+    finally:
+        offload.close()
+
+
+class _Request:
+    """A request's object; the child can tell whether it still holds it (a weak reference)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = b"x" * size
+
+
+class _Watching(_Resting):
+    """Marks, when the child rests, whether the last request's object is still alive."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.last: Callable[[], _Request | None] = lambda: None
+
+    def idle(self) -> None:
+        with open(self.path, "a") as marks:
+            marks.write("held\n" if self.last() is not None else "let go\n")
+
+
+def _watch(request: _Request, context: _Watching) -> int:
+    context.last = weakref.ref(request)
+    return len(request.data)
+
+
+def test_a_resting_child_holds_nothing_of_the_last_request(tmp_path: Path) -> None:
+    """A batch's objects are spread through the heap: a child that kept the last one while
+    it waited would pin their pages when it hands free pages back (measured: an intake
+    process kept 63-70 MB after a 200,000-report burst, and 40 MB once the last batch went)."""
+    marks = tmp_path / "rests"
+    offload = Offload(1, _watch, partial(_Watching, str(marks)), Metrics())
+
+    async def burst() -> None:
+        for _ in range(TRIM_AFTER_BYTES // (1 << 20) + 1):
+            assert await offload.map([(_Request(1 << 20),)]) == [1 << 20]
+
+    try:
+        asyncio.run(burst())
+        deadline = time.monotonic() + 10
+        while not marks.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marks.read_text() == "let go\n"
     finally:
         offload.close()
