@@ -7,7 +7,7 @@ holds the same book. Applying the same events in the same order gives the same s
 
 from __future__ import annotations
 
-import sys
+from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,7 +22,8 @@ ACTIONS: Mapping[str, tuple[frozenset[str], str]] = {
     "dismiss": (frozenset({"open", "acknowledged"}), "dismissed"),
 }
 STATES = ("open", "acknowledged", "resolved", "dismissed")
-_UNRESOLVED = frozenset({"open", "acknowledged"})
+_OPEN = STATES.index("open")
+_UNRESOLVED = frozenset({STATES.index("open"), STATES.index("acknowledged")})
 
 
 class UnknownAlert(KeyError):
@@ -33,78 +34,155 @@ class LifecycleError(ValueError):
     """A move the lifecycle does not allow from the alert's current state."""
 
 
-class _Entry:
-    """One alert in the book, kept small: a worker holds every alert it has followed, and
-    as decoded JSON (a dict, a list per field, a string per account and report id) an
-    alert cost about 4.8 KB of small objects scattered through the heap, which pinned the
-    pages the window's expired edges had shared with them (README, "Performance", change
-    17). So the alert is kept as its JSON bytes, with the few fields the queue filters and
-    sorts on beside it, and its lifecycle history only once a responder has acted on it."""
+class _Column:
+    """Strings, one per alert, in one block: the UTF-8 bytes end to end, and where each
+    ends."""
 
-    __slots__ = ("_history", "actor_id", "kind", "level", "platforms", "raised_at", "raw",
-                 "regions")  # fmt: skip
+    __slots__ = ("_data", "_ends")
 
-    def __init__(self, alert: dict[str, Any]) -> None:
-        # A copy of exactly its length: orjson's own result keeps a buffer of at least 4 KB.
-        self.raw = memoryview(orjson.dumps(alert)).tobytes()
-        self.actor_id = str(alert["actor_id"])
-        self.kind = sys.intern(str(alert.get("kind", "serial")))
-        self.level = int(alert["level"])
-        self.raised_at = alert["raised_at"]
-        self.regions = tuple(sys.intern(str(region)) for region in alert["regions"])
-        self.platforms = tuple(sys.intern(str(platform)) for platform in alert["platforms"])
-        self._history: list[dict[str, Any]] | None = None  # None: open, nothing since
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._ends = array("Q")
 
-    @property
-    def alert(self) -> dict[str, Any]:
-        return dict(orjson.loads(self.raw))
+    def append(self, value: bytes) -> None:
+        self._data += value
+        self._ends.append(len(self._data))
 
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        if self._history is None:
-            return [{"state": "open", "by": None, "at": self.raised_at, "note": None}]
-        return self._history
+    def __getitem__(self, position: int) -> bytes:
+        start = self._ends[position - 1] if position else 0
+        return bytes(self._data[start : self._ends[position]])
 
-    @property
-    def state(self) -> str:
-        return "open" if self._history is None else str(self._history[-1]["state"])
 
-    def move(self, state: str, by: Any, at: Any, note: Any) -> None:
-        self._history = [*self.history, {"state": state, "by": by, "at": at, "note": note}]
+class _Sets:
+    """A small set of names per alert (its regions, its platforms) as numbers, in one
+    block: the names themselves are few and kept once."""
 
-    def view(self) -> dict[str, Any]:
-        history = self.history
-        last = history[-1]
-        status = {"state": last["state"], "by": last["by"], "at": last["at"]}
-        return self.alert | {"status": status | {"note": last["note"], "history": history}}
+    __slots__ = ("_ends", "_members", "_numbers", "names")
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._numbers: dict[str, int] = {}
+        self._members = array("L")
+        self._ends = array("Q")
+
+    def append(self, names: Iterable[Any]) -> None:
+        for name in names:
+            number = self._numbers.setdefault(str(name), len(self.names))
+            if number == len(self.names):
+                self.names.append(str(name))
+            self._members.append(number)
+        self._ends.append(len(self._members))
+
+    def numbers(self, names: Iterable[str]) -> set[int]:
+        return {self._numbers[name] for name in names if name in self._numbers}
+
+    def meets(self, position: int, numbers: set[int]) -> bool:
+        start = self._ends[position - 1] if position else 0
+        return any(number in numbers for number in self._members[start : self._ends[position]])
+
+
+class _Index:
+    """Alert id -> position, as an open-addressing table of two arrays: the ids' hashes
+    (Python's own, for this process only) and their positions. The id itself is checked
+    against the book's column of ids."""
+
+    __slots__ = ("_hashes", "_ids", "_positions", "count")
+
+    def __init__(self, ids: _Column) -> None:
+        self._ids = ids
+        self.count = 0
+        self._hashes = array("q", bytes(8 * 8))
+        self._positions = array("q", [-1]) * 8
+
+    def find(self, alert_id: str) -> int:
+        """The alert's position, or -1."""
+        wanted, encoded = hash(alert_id), alert_id.encode()
+        mask = len(self._positions) - 1
+        slot = wanted & mask
+        while (position := self._positions[slot]) >= 0:
+            if self._hashes[slot] == wanted and self._ids[position] == encoded:
+                return position
+            slot = (slot + 1) & mask
+        return -1
+
+    def add(self, alert_id: str, position: int) -> None:
+        if (self.count + 1) * 2 > len(self._positions):
+            self._grow()
+        self._place(hash(alert_id), position)
+        self.count += 1
+
+    def _place(self, hashed: int, position: int) -> None:
+        mask = len(self._positions) - 1
+        slot = hashed & mask
+        while self._positions[slot] >= 0:
+            slot = (slot + 1) & mask
+        self._hashes[slot], self._positions[slot] = hashed, position
+
+    def _grow(self) -> None:
+        hashes, positions = self._hashes, self._positions
+        self._hashes = array("q", bytes(16 * len(positions)))
+        self._positions = array("q", [-1]) * (2 * len(positions))
+        for slot, position in enumerate(positions):
+            if position >= 0:
+                self._place(hashes[slot], position)
 
 
 class AlertBook:
+    """Every alert a worker has followed, and its lifecycle state.
+
+    The alerts are kept in a few large blocks, not as objects: a worker holds every alert
+    it follows for its lifetime, and one object per alert, allocated all through a run,
+    pinned the pages the window's expired edges had shared with them (README,
+    "Performance", changes 17 and 18). Decoded, an alert was about 4.8 KB of small
+    objects; then its JSON bytes and a few fields as objects of their own (about seven
+    per alert). Now each alert is its JSON bytes in one column, and what the queue
+    filters and sorts on in arrays beside it; its lifecycle history is kept as objects
+    only once a responder has acted on it."""
+
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        self._raw = _Column()  # each alert's JSON
+        self._ids = _Column()  # each alert's id, UTF-8
+        self._raised = _Column()  # each alert's raised_at as text: the queue sorts on it
+        self._index = _Index(self._ids)
+        self._actors = array("q")  # hash of each alert's actor id (checked on a match)
+        self._levels = array("l")
+        self._kinds = _Sets()
+        self._regions = _Sets()
+        self._platforms = _Sets()
+        self._states = bytearray()  # each alert's state, by its number in STATES
+        self._histories: dict[int, list[dict[str, Any]]] = {}  # only alerts that moved
         self._early: dict[str, list[dict[str, Any]]] = {}  # events read before their alert
         self._events: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._states)
 
     def add_alert(self, alert: dict[str, Any]) -> None:
         """An alert from the alerts topic (a redelivered one changes nothing)."""
         alert_id = str(alert["alert_id"])
-        if alert_id in self._entries:
+        if self._index.find(alert_id) >= 0:
             return
-        self._entries[alert_id] = _Entry(alert)
+        position = len(self._states)
+        self._raw.append(orjson.dumps(alert))
+        self._ids.append(alert_id.encode())
+        self._raised.append(str(alert["raised_at"]).encode())
+        self._actors.append(hash(str(alert["actor_id"])))
+        self._levels.append(int(alert["level"]))
+        self._kinds.append([alert.get("kind", "serial")])
+        self._regions.append(alert["regions"])
+        self._platforms.append(alert["platforms"])
+        self._states.append(_OPEN)
+        self._index.add(alert_id, position)
         for event in self._early.pop(alert_id, ()):
             self.apply_event(event)
 
     def next_state(self, alert_id: str, action: str) -> str:
         """The state `action` would lead to; raises UnknownAlert or LifecycleError."""
-        entry = self._entries.get(alert_id)
-        if entry is None:
-            raise UnknownAlert(alert_id)
+        position = self._position(alert_id)
         allowed, target = ACTIONS[action]
-        if entry.state not in allowed:
-            raise LifecycleError(f"cannot {action} an alert that is {entry.state}")
+        state = STATES[self._states[position]]
+        if state not in allowed:
+            raise LifecycleError(f"cannot {action} an alert that is {state}")
         return target
 
     def apply_event(self, event: dict[str, Any]) -> bool:
@@ -116,22 +194,21 @@ class AlertBook:
         event_id = str(event["event_id"])
         if event_id in self._events:
             return False
-        entry = self._entries.get(str(event["alert_id"]))
-        if entry is None:
+        position = self._index.find(str(event["alert_id"]))
+        if position < 0:
             self._early.setdefault(str(event["alert_id"]), []).append(event)
             return False
         self._events.add(event_id)
         allowed, target = ACTIONS[str(event["action"])]
-        if entry.state not in allowed:
+        if STATES[self._states[position]] not in allowed:
             return False
-        entry.move(target, event["by"], event["at"], event.get("note"))
+        step = {"state": target, "by": event["by"], "at": event["at"], "note": event.get("note")}
+        self._histories[position] = [*self._history(position), step]
+        self._states[position] = STATES.index(target)
         return True
 
     def view(self, alert_id: str) -> dict[str, Any]:
-        entry = self._entries.get(alert_id)
-        if entry is None:
-            raise UnknownAlert(alert_id)
-        return entry.view()
+        return self._view(self._position(alert_id))
 
     def for_actor(self, actor_id: str) -> list[dict[str, Any]]:
         return self.query(actor_ids={actor_id}, limit=1000)[0]
@@ -146,18 +223,55 @@ class AlertBook:
         limit: int = 200,
     ) -> tuple[list[dict[str, Any]], int]:
         """Matching alerts, unresolved first, then most severe, then newest; and the total."""
-        wanted = [set(values) for values in (states, regions, platforms, kinds, actor_ids)]
-        states_, regions_, platforms_, kinds_, actors_ = wanted
+        states, regions, platforms, kinds = (
+            [str(name) for name in names] for names in (states, regions, platforms, kinds)
+        )
+        states_ = {STATES.index(state) for state in states if state in STATES}
+        regions_, platforms_, kinds_ = (
+            column.numbers(names)
+            for column, names in ((self._regions, regions), (self._platforms, platforms),
+                                  (self._kinds, kinds))
+        )  # fmt: skip
+        actors = {str(actor) for actor in actor_ids}
+        hashes = {hash(actor) for actor in actors}
+        if (states and not states_) or (regions and not regions_) or (
+            platforms and not platforms_) or (kinds and not kinds_):  # fmt: skip
+            return [], 0  # a wanted name no alert has
         matches = [
-            entry
-            for entry in self._entries.values()
-            if (not states_ or entry.state in states_)
-            and (not regions_ or not regions_.isdisjoint(entry.regions))
-            and (not platforms_ or not platforms_.isdisjoint(entry.platforms))
-            and (not kinds_ or entry.kind in kinds_)
-            and (not actors_ or entry.actor_id in actors_)
+            position
+            for position in range(len(self._states))
+            if (not states_ or self._states[position] in states_)
+            and (not kinds_ or self._kinds.meets(position, kinds_))
+            and (not regions_ or self._regions.meets(position, regions_))
+            and (not platforms_ or self._platforms.meets(position, platforms_))
+            and (not actors or self._actors[position] in hashes)
         ]
+        if actors:  # a hash is not an id: check the few that matched
+            matches = [position for position in matches
+                       if str(orjson.loads(self._raw[position])["actor_id"]) in actors]  # fmt: skip
         # Two stable sorts: newest first, then unresolved and most severe ahead of that.
-        matches.sort(key=lambda entry: str(entry.raised_at), reverse=True)
-        matches.sort(key=lambda entry: (entry.state not in _UNRESOLVED, -entry.level))
-        return [entry.view() for entry in matches[:limit]], len(matches)
+        matches.sort(key=self._raised.__getitem__, reverse=True)
+        matches.sort(key=lambda p: (self._states[p] not in _UNRESOLVED, -self._levels[p]))
+        return [self._view(position) for position in matches[:limit]], len(matches)
+
+    def _position(self, alert_id: str) -> int:
+        position = self._index.find(alert_id)
+        if position < 0:
+            raise UnknownAlert(alert_id)
+        return position
+
+    def _history(self, position: int) -> list[dict[str, Any]]:
+        history = self._histories.get(position)
+        if history is None:  # open, nothing since: the step that opened it
+            raised_at = orjson.loads(self._raw[position])["raised_at"]
+            return [{"state": "open", "by": None, "at": raised_at, "note": None}]
+        return history
+
+    def _view(self, position: int) -> dict[str, Any]:
+        alert = dict(orjson.loads(self._raw[position]))
+        history = self._histories.get(position) or [
+            {"state": "open", "by": None, "at": alert["raised_at"], "note": None}
+        ]
+        last = history[-1]
+        status = {"state": last["state"], "by": last["by"], "at": last["at"]}
+        return alert | {"status": status | {"note": last["note"], "history": history}}

@@ -345,7 +345,7 @@ def _answer(sock: socket.socket, work: Callable[..., Any], context: Any) -> int:
     outlives the call: a batch's objects are spread through the heap, and a child that held
     the last one while it waited would keep their pages when it rests (measured: an intake
     process kept 63-70 MB after a burst where it needed 40)."""
-    (length,) = _LENGTH.unpack(_read(sock, _LENGTH.size))
+    length: int = _LENGTH.unpack(_read(sock, _LENGTH.size))[0]
     piece = pickle.loads(_read(sock, length))
     answer = pickle.dumps(work(*piece, context), protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(_LENGTH.pack(len(answer)))
