@@ -128,18 +128,21 @@ class CrossRegionRule:
 def _max_matching(options: list[set[str]]) -> int:
     """Maximum matching of episodes to distinct regions (Kuhn's augmenting paths)."""
     owner: dict[str, int] = {}
+    return sum(_place(options, owner, episode, set()) for episode in range(len(options)))
 
-    def place(episode: int, seen: set[str]) -> bool:
-        for region in options[episode]:
-            if region in seen:
-                continue
-            seen.add(region)
-            if region not in owner or place(owner[region], seen):
-                owner[region] = episode
-                return True
-        return False
 
-    return sum(place(episode, set()) for episode in range(len(options)))
+def _place(options: list[set[str]], owner: dict[str, int], episode: int, seen: set[str]) -> bool:
+    """An augmenting path for `episode`. A function of its own, not a closure: a recursive
+    closure is a reference cycle, left to the cycle collector, and the worker's `freeze`
+    (streams/memory.py) left every such cycle pending then in memory for good."""
+    for region in options[episode]:
+        if region in seen:
+            continue
+        seen.add(region)
+        if region not in owner or _place(options, owner, owner[region], seen):
+            owner[region] = episode
+            return True
+    return False
 
 
 def describe(
