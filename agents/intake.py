@@ -31,6 +31,7 @@ def make_intake(
 
     async def intake(stream: Any) -> None:
         offload = Offload(settings.intake_processes, validate_batch, settings.pseudonyms, metrics)
+        renewing = asyncio.ensure_future(offload.renew_when_idle())
         try:
             async for events in stream.take_events(TAKE, within=WITHIN):
                 # Each event is a fetched batch of one partition (streams/transport.py).
@@ -48,6 +49,7 @@ def make_intake(
                     )
                 await asyncio.gather(*deliveries)
         finally:
+            renewing.cancel()
             offload.close()
 
     return intake

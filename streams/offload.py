@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -37,11 +38,12 @@ import select
 import signal
 import socket
 import struct
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from streams.memory import release, tune_collector
+from streams.memory import release, stateless_allocator, tune_collector
 
 if TYPE_CHECKING:  # a child imports this module: it needs no Prometheus
     from streams.metrics import Metrics
@@ -65,6 +67,15 @@ TIMEOUT = 30.0
 # batches it decoded and answered are garbage by then, spread through its heap.
 TRIM_AFTER_BYTES = 4 << 20
 TRIM_IDLE = 0.5
+# An intake process runs on Python's own allocator (memory.stateless_allocator), which
+# keeps a 1 MiB arena for as long as one object in it lives: after a burst it kept 57 MB
+# where it started at 37. So a process that has been sent this much since it started is
+# replaced by a fresh one once the offload has had nothing to do for this long (seconds),
+# at most once a minute. It holds no state: nothing is lost, and the fresh one is ready
+# before it takes the old one's place.
+RENEW_AFTER_BYTES = 16 << 20
+RENEW_IDLE = 2.0
+RENEW_EVERY = 60.0
 
 
 class Offload(Generic[C, R]):
@@ -87,7 +98,12 @@ class Offload(Generic[C, R]):
         self.metrics = metrics
         self.timeout = timeout
         self._context: C | None = None  # made only if the work runs here
-        self._children = [_Child(work, make_context, "lw-intake") for _ in range(count)]
+        self._environment = stateless_allocator()
+        self._children = [_Child(work, make_context, "lw-intake", self._environment)
+                          for _ in range(count)]  # fmt: skip
+        self._busy = 0  # maps under way
+        self._idle_since = time.monotonic()
+        self._renewed_at = -math.inf
 
     @property
     def width(self) -> int:
@@ -102,7 +118,42 @@ class Offload(Generic[C, R]):
             return [self.here(piece) for piece in pieces]
         children = self._children[: len(pieces)]
         runs = (self._run(child, piece) for child, piece in zip(children, pieces, strict=True))
-        return list(await asyncio.gather(*runs))
+        self._busy += 1
+        try:
+            return list(await asyncio.gather(*runs))
+        finally:
+            self._busy -= 1
+            self._idle_since = time.monotonic()
+
+    async def renew_when_idle(self, every: float = 1.0) -> None:
+        """Replace each process that has been sent RENEW_AFTER_BYTES since it started with
+        a fresh one, once the offload has been idle RENEW_IDLE seconds (at most once per
+        RENEW_EVERY). Runs until cancelled: the agent runs it beside its loop."""
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            if self._busy or now - self._idle_since < RENEW_IDLE:
+                continue
+            if now - self._renewed_at < RENEW_EVERY:
+                continue
+            for index, child in enumerate(self._children):
+                if child.sent < RENEW_AFTER_BYTES:
+                    continue
+                fresh = _Child(self.work, self.make_context, "lw-intake", self._environment)
+                try:  # ready (imported, context made) before it takes the old one's place
+                    await asyncio.wait_for(fresh.call(None), self.timeout)
+                except (EOFError, OSError):
+                    fresh.stop()
+                    continue
+                except asyncio.CancelledError:  # the agent is stopping
+                    fresh.stop()
+                    raise
+                if self._busy:  # a batch went to the old one meanwhile: next time
+                    fresh.stop()
+                    break
+                self._children[index] = fresh
+                self._renewed_at = time.monotonic()
+                await child.retire()
 
     @property
     def pids(self) -> list[int]:
@@ -254,8 +305,16 @@ class StateLost(RuntimeError):
 class _Child(Generic[C, R]):
     """One child process and the worker's end of the socket pair to it."""
 
-    def __init__(self, work: Callable[..., R], make_context: Callable[[], C], name: str) -> None:
+    def __init__(
+        self,
+        work: Callable[..., R],
+        make_context: Callable[[], C],
+        name: str,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
         self._target = (work, make_context, name)
+        self._environment = dict(environment or {})  # what the child's differs in
+        self.sent = 0  # bytes of requests since it started
         self._start()
 
     def _start(self) -> None:
@@ -265,7 +324,17 @@ class _Child(Generic[C, R]):
         self._process = spawn.Process(
             target=_serve, args=(theirs, *self._target), name=self._target[2], daemon=True
         )
-        self._process.start()
+        # A spawned child inherits this process's environment, as it is when it starts.
+        saved = {name: os.environ.get(name) for name in self._environment}
+        os.environ.update(self._environment)
+        try:
+            self._process.start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         theirs.close()
 
     @property
@@ -285,10 +354,12 @@ class _Child(Generic[C, R]):
         (length,) = _LENGTH.unpack(await _received(loop, self._socket, _LENGTH.size))
         return pickle.loads(await _received(loop, self._socket, length))
 
-    async def call(self, piece: tuple[Any, ...]) -> R:
-        """Send one piece and wait for its result, on the running loop."""
+    async def call(self, piece: tuple[Any, ...] | None) -> R:
+        """Send one piece and wait for its result, on the running loop (None: answered
+        None once the child is ready, without the work)."""
         loop = asyncio.get_running_loop()
         payload = pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)
+        self.sent += len(payload)
         await loop.sock_sendall(self._socket, _LENGTH.pack(len(payload)))
         await loop.sock_sendall(self._socket, payload)
         answer: R = await self.answer(loop)
@@ -298,7 +369,21 @@ class _Child(Generic[C, R]):
         self._process.kill()
         self._process.join(5)
         self._socket.close()
+        self.sent = 0
         self._start()
+
+    async def retire(self) -> None:
+        """Stop an idle child without holding up the loop: it reads EOF and exits."""
+        self._socket.close()
+        try:
+            for _ in range(40):
+                if not self._process.is_alive():
+                    return
+                await asyncio.sleep(0.05)
+        finally:  # also when the agent stops meanwhile
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(1)
 
     def stop(self) -> None:
         self._socket.close()  # the child reads EOF and exits
@@ -347,7 +432,8 @@ def _answer(sock: socket.socket, work: Callable[..., Any], context: Any) -> int:
     process kept 63-70 MB after a burst where it needed 40)."""
     length: int = _LENGTH.unpack(_read(sock, _LENGTH.size))[0]
     piece = pickle.loads(_read(sock, length))
-    answer = pickle.dumps(work(*piece, context), protocol=pickle.HIGHEST_PROTOCOL)
+    result = None if piece is None else work(*piece, context)  # None: is it ready?
+    answer = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(_LENGTH.pack(len(answer)))
     sock.sendall(answer)
     return length

@@ -18,6 +18,7 @@ import pytest
 
 from agents.intake import Validated, validate_batch, validated
 from graph.identity import Pseudonyms
+from streams import offload as offload_module
 from streams.metrics import Metrics
 from streams.offload import TIMEOUT, TRIM_AFTER_BYTES, TRIM_IDLE, Offload
 from streams.settings import Settings
@@ -207,3 +208,72 @@ def test_a_resting_child_holds_nothing_of_the_last_request(tmp_path: Path) -> No
         assert marks.read_text() == "let go\n"
     finally:
         offload.close()
+
+
+def _allocator(context: object) -> str | None:
+    """The allocator a child was started with."""
+    return os.environ.get("PYTHONMALLOC")
+
+
+@pytest.mark.parametrize(
+    ("chosen_by", "expected"), [("linkwatch", "pymalloc"), ("an operator", "malloc")]
+)
+def test_an_intake_process_uses_pythons_allocator_unless_an_operator_chose_one(
+    monkeypatch: pytest.MonkeyPatch, chosen_by: str, expected: str
+) -> None:
+    """The worker runs on the C library's allocator so that expiry returns memory
+    (streams/memory.py); an intake process keeps no state, and Python's own allocator
+    validates a report faster."""
+    monkeypatch.setenv("PYTHONMALLOC", "malloc")
+    if chosen_by == "linkwatch":
+        monkeypatch.setenv("LINKWATCH_SYSTEM_ALLOCATOR", "malloc")
+    else:
+        monkeypatch.delenv("LINKWATCH_SYSTEM_ALLOCATOR", raising=False)
+    offload = Offload(1, _allocator, dict, Metrics())
+    try:
+        assert asyncio.run(offload.map([()])) == [expected]
+        assert os.environ["PYTHONMALLOC"] == "malloc"  # the worker's own is unchanged
+    finally:
+        offload.close()
+
+
+def test_an_intake_process_is_renewed_once_it_is_idle_after_a_burst(
+    offloads: list[Offload[Pseudonyms, Validated]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's allocator keeps an arena while one object in it lives, so an intake process
+    that has had a burst is replaced once idle. It holds no state: the fresh one gives the
+    same answers, and nothing counts as an error."""
+    monkeypatch.setattr(offload_module, "RENEW_AFTER_BYTES", 1)
+    monkeypatch.setattr(offload_module, "RENEW_IDLE", 0.2)
+    offload = _offload(offloads, 1)
+    records = _batch(300)
+    expected = asyncio.run(validated(_offload(offloads, 0), records))
+
+    async def burst_then_idle() -> tuple[int, int]:
+        assert await validated(offload, records) == expected
+        (before,) = offload.pids
+        renewing = asyncio.ensure_future(offload.renew_when_idle(every=0.05))
+        try:
+            deadline = time.monotonic() + 30
+            while offload.pids == [before] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert await validated(offload, records) == expected  # by the fresh one
+            while _running(before) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            renewing.cancel()
+        (after,) = offload.pids
+        return before, after
+
+    before, after = asyncio.run(burst_then_idle())
+    assert after != before
+    assert not _running(before)  # the old one is gone
+    assert offload.metrics.internal_errors._value.get() == 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
