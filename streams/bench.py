@@ -328,6 +328,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def reaped_cpu_seconds(pid: int) -> float:
+    """User + system CPU of the children a process has waited for (those that exited)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid: int) -> dict[str, int]:
     """A worker's child processes (streams/offload.py) by name (`lw-intake1`, `lw-resolve1`;
     `python…` until one has started), not multiprocessing's resource tracker, which idles
@@ -343,21 +349,42 @@ def children_of(pid: int) -> dict[str, int]:
 
 
 class CpuMeter:
-    """CPU seconds each named process spends between start() and stop()."""
+    """CPU seconds each named process spends between start() and stop().
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    A worker replaces an idle intake process after a burst (streams/offload.py), so a
+    child in `parents` (name -> its worker's pid) may be gone by stop(): its share is
+    what the worker reaped of it since start(), plus what its successor spent."""
+
+    def __init__(self, pids: dict[str, int], parents: dict[str, int] | None = None) -> None:
         self.pids = pids
+        self.parents = parents or {}
         self.begin: dict[str, float] = {}
+        self.reaped: dict[int, float] = {}
         self.spent: dict[str, float] = {}
         self.wall = 0.0
 
     def start(self) -> None:
         self.begin = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.reaped = {pid: reaped_cpu_seconds(pid) for pid in set(self.parents.values())}
         self.wall = time.perf_counter()
 
     def stop(self) -> None:
         self.wall = time.perf_counter() - self.wall
-        self.spent = {name: cpu_seconds(pid) - self.begin[name] for name, pid in self.pids.items()}
+        self.spent = {}
+        for name, pid in list(self.pids.items()):
+            try:
+                self.spent[name] = cpu_seconds(pid) - self.begin[name]
+            except OSError:
+                self.spent[name] = self._replaced(name)
+
+    def _replaced(self, name: str) -> float:
+        parent = self.parents[name]  # KeyError: a process nobody replaces went away
+        known = set(self.pids.values())
+        successors = [pid for pid in children_of(parent).values() if pid not in known]
+        if successors:
+            self.pids[name] = successors[0]
+        reaped = reaped_cpu_seconds(parent) - self.reaped[parent] - self.begin[name]
+        return max(0.0, reaped) + sum(cpu_seconds(pid) for pid in successors)
 
     def cores(self) -> dict[str, float]:
         """Cores used by each process over the interval (1.0 = one core, all the time)."""
@@ -390,13 +417,17 @@ def run_pipeline(
         pids = {f"worker{i + 1}": w.process.pid for i, w in enumerate(started)}
         children = {child: i + 1 for i, w in enumerate(started)
                     for child in children_of(w.process.pid).values()}  # fmt: skip
-        meter = CpuMeter(pids | {str(child): child for child in children} | {"broker": broker.pid})
+        meter = CpuMeter(
+            pids | {str(child): child for child in children} | {"broker": broker.pid},
+            parents={str(child): started[i - 1].process.pid for child, i in children.items()},
+        )
         total = _Total(started)
         rate = end_to_end(total, expected, timeout=3600, meter=meter)  # type: ignore[arg-type]
         # Each worker's child processes, named apart by now: where the worker's second core goes.
         names = {str(pid): f"worker{i}.{name}" for i, w in enumerate(started, 1)
                  for name, pid in children_of(w.process.pid).items()}  # fmt: skip
-        meter.spent = {names.get(key, key): spent for key, spent in meter.spent.items()}
+        meter.spent = {names.get(str(meter.pids[key]), key): spent
+                       for key, spent in meter.spent.items()}  # fmt: skip
         time.sleep(1)
         metrics = started[0].metrics()
         return {
