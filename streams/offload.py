@@ -18,6 +18,11 @@ a socket pair, and it dies with the worker (PR_SET_PDEATHSIG). After a burst of 
 rests (`_rest`): its context's `idle()`, if it has one, drops what only sped the burst up
 (the pseudonyms' caches), and its free pages go back to the system.
 
+An `Offload` child keeps no state, so it runs on Python's own allocator, faster than the
+C library's that the worker and a `StateProcess` child use (memory.stateless_allocator),
+and once idle after a burst it is replaced by a fresh one (`Offload.renew_when_idle`):
+pymalloc keeps an arena while one object in it lives.
+
 The event loop itself writes each batch to the socket and reads the answer when the
 selector says it is there (`loop.sock_sendall`, `loop.sock_recv_into`): no thread hands
 it over. A thread did at first, and a round trip of 220 reports then took 20 ms, of which
