@@ -322,16 +322,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its threads so far."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU of a process and all its threads so far; with `reaped`, of the
+    children it has waited for (those that exited) instead."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def reaped_cpu_seconds(pid: int) -> float:
-    """User + system CPU of the children a process has waited for (those that exited)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if reaped else 11  # utime, stime; cutime, cstime after them
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_of(pid: int) -> dict[str, int]:
@@ -365,7 +361,7 @@ class CpuMeter:
 
     def start(self) -> None:
         self.begin = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self.reaped = {pid: reaped_cpu_seconds(pid) for pid in set(self.parents.values())}
+        self.reaped = {pid: cpu_seconds(pid, reaped=True) for pid in set(self.parents.values())}
         self.wall = time.perf_counter()
 
     def stop(self) -> None:
@@ -383,7 +379,7 @@ class CpuMeter:
         successors = [pid for pid in children_of(parent).values() if pid not in known]
         if successors:
             self.pids[name] = successors[0]
-        reaped = reaped_cpu_seconds(parent) - self.reaped[parent] - self.begin[name]
+        reaped = cpu_seconds(parent, reaped=True) - self.reaped[parent] - self.begin[name]
         return max(0.0, reaped) + sum(cpu_seconds(pid) for pid in successors)
 
     def cores(self) -> dict[str, float]:
