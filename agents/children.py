@@ -16,10 +16,10 @@ from typing import Any, NamedTuple
 import orjson
 
 from graph.aliases import AliasResolver
-from graph.contract import Rejection, Report, parse_report
+from graph.contract import Rejection, parse_report
 from graph.identity import Pseudonyms
 from graph.privacy import pseudonymise
-from graph.records import erasure_records, partition_of, resolution_records
+from graph.records import route_rows
 from graph.watermark import LowWatermark
 from streams import memory
 from streams.settings import Settings
@@ -128,48 +128,16 @@ class Resolvers:
         state = self._states.get(partition)
         if state is None or state.generation != generation:
             return _NOTHING
-        resolver = state.resolver
         try:
-            rows = orjson.loads(value or b"")
-            reports = [(row, row if type(row) is dict else Report.from_row(row)) for row in rows]
+            routed = route_rows(orjson.loads(value or b""), state.resolver, state.watermark,
+                                self.settings.partitions, replaying)  # fmt: skip
         except (orjson.JSONDecodeError, TypeError, ValueError):
             return _NOTHING._replace(errors=["an unreadable batch"])
-        partitions = self.settings.partitions
-        by_partition: dict[int, list[list[Any]]] = {}
-        hubs: list[tuple[str, str, int]] = []
-        erased: list[str | None] = []
-        errors: list[str] = []
-        for row, report in reports:
-            if not isinstance(report, Report):
-                try:
-                    erasure = row["erase"]
-                    offender, victim = str(erasure["offender"]), str(erasure["victim"])
-                except (KeyError, TypeError):
-                    errors.append("an unreadable erasure")
-                    continue
-                actor_id = resolver.erase(offender)
-                if replaying:
-                    continue
-                erased.append(actor_id)
-                for target, key, record in erasure_records(actor_id, offender, victim, partitions):
-                    by_partition.setdefault(target, []).append([key, record])
-                continue
-            # Its input partition and its offset there (rows from older workers lack these).
-            source = row[10] if len(row) > 10 else 0
-            offset = row[11] if len(row) > 11 else -1
-            stamp = state.watermark.observe(source, report.event_time, offset)
-            resolution = resolver.resolve(report, stamp)
-            if replaying:
-                continue
-            hubs += [(hub.signal, hub.fingerprint, hub.accounts) for hub in resolution.hubs]
-            for key, record in resolution_records(resolution, row[:10]):
-                target = partition_of(key, partitions)
-                by_partition.setdefault(target, []).append([key, record])
         # One message per partition: the records of this batch for that partition, in order.
         packed = [(target, orjson.dumps(pack))
-                  for target, entries in sorted(by_partition.items())
+                  for target, entries in sorted(routed.entries.items())
                   for pack in packs(entries)]  # fmt: skip
-        return Resolved(packed, hubs, erased, errors, resolver.accounts)
+        return Resolved(packed, routed.hubs, routed.erased, routed.errors, state.resolver.accounts)
 
     def forget_some(self, live: list[tuple[int, int]]) -> tuple[bool, int]:
         """A step of retention (`AliasResolver.forget_some`) for the states still owned,
