@@ -39,10 +39,6 @@ ENV PATH=/opt/linkwatch/bin:$PATH \
     LINKWATCH_WEB_HOST=0.0.0.0 \
     LINKWATCH_WEB_PORT=6066 \
     LINKWATCH_DATA_DIR=/var/lib/linkwatch
-# jemalloc for the worker's heap (streams/memory.py): the worker preloads it when it starts.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libjemalloc2 \
- && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 linkwatch \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/linkwatch --no-create-home \
       --shell /usr/sbin/nologin linkwatch \

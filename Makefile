@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install allocator compile clean-compiled compiler browser deploy-tools run test unit integration lint typecheck deploy-check bench bench-quick eval clean
+.PHONY: install compile clean-compiled compiler browser deploy-tools run test unit integration lint typecheck deploy-check bench bench-quick eval clean
 
 install: $(STAMP)
 
@@ -39,17 +39,10 @@ compiler:
 clean-compiled:
 	rm -f graph/*.so ./*__mypyc*.so $(COMPILE_STAMP)
 
-# The worker's heap runs on jemalloc where the system has it (streams/memory.py): a third
-# less CPU per report in the resolver process than on glibc's allocator.
-allocator:
-	@test -e /usr/lib/$$(uname -m)-linux-gnu/libjemalloc.so.2 || { \
-	  echo "installing Debian's libjemalloc2 for the worker's heap"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null; }
-
-run: install compile allocator
+run: install compile
 	$(BIN)/linkwatch run --demo
 
-test: install compile allocator browser deploy-tools lint typecheck
+test: install compile browser deploy-tools lint typecheck
 	$(BIN)/pytest tests
 
 # The console test drives Debian's Chromium (Playwright's own browser download is not used).
@@ -65,10 +58,10 @@ deploy-tools:
 	  echo "installing Debian's docker-compose for the deploy tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 
-unit: install compile allocator
+unit: install compile
 	$(BIN)/pytest tests/unit
 
-integration: install compile allocator
+integration: install compile
 	$(BIN)/pytest tests/integration
 
 lint: install
@@ -87,13 +80,13 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) compile allocator
+bench: $(BENCH_STAMP) compile
 	$(BIN)/python -m streams.bench
 
 eval: install compile
 	$(BIN)/python -m streams.evaluate
 
-bench-quick: $(BENCH_STAMP) compile allocator
+bench-quick: $(BENCH_STAMP) compile
 	$(BIN)/python -m streams.bench --reports 30000 --latency-cases 50 --replay-lines 200000 \
 	  --curve 100000,300000,1000000 --out bench/result-quick.json --plot bench/throughput-memory-quick.png
 

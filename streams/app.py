@@ -63,8 +63,6 @@ def build_app(
     `demo` messages are pushed to the reports topic once the worker runs."""
     if not compiled():
         log.warning("the stateful core runs interpreted, about a quarter slower: `make compile`")
-    if memory.allocator() == "malloc":
-        log.warning("the heap is on glibc's allocator, slower than jemalloc (libjemalloc2)")
     app = LinkwatchApp(
         settings.namespace,
         broker=f"kafka://{settings.bootstrap}",

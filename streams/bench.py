@@ -36,7 +36,6 @@ from graph.rules import CrossRegionRule
 from graph.watermark import LowWatermark
 from streams.broker import EmbeddedBroker
 from streams.kafka import create_topics, read_partitions
-from streams.memory import system_allocator_environment
 from streams.settings import Settings
 from streams.simulate import simulate
 
@@ -516,7 +515,7 @@ def scaling(checkpoints: list[int]) -> dict[str, Any]:
     """streams/scaling.py in its own process, with the worker's allocator (streams/memory.py)."""
     result = subprocess.run(
         [sys.executable, "-m", "streams.scaling", *map(str, checkpoints)],
-        env=dict(os.environ) | system_allocator_environment(os.environ),
+        env=dict(os.environ) | {"PYTHONMALLOC": "malloc"},
         capture_output=True,
         text=True,
         timeout=7200,

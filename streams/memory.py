@@ -8,14 +8,6 @@ million edges the measured RSS stayed where it was (streams/scaling.py: 170 MB b
 157 MB after, empty 19 MB). With the C library's allocator instead (`PYTHONMALLOC=malloc`)
 and `malloc_trim` after a large expiry, free pages go back at page granularity: 29 MB
 after, for the same run, at the same speed. So the worker runs that way.
-
-Under Python's objects, the C library's allocator is jemalloc where the system has it
-(Debian's `libjemalloc2`, installed by `make install` and in the image), preloaded when the
-worker starts again on `malloc`: in the pipeline the resolver process spent 11-15 us a
-report on it against 21-24 on glibc's, and the worker 35-47 against 48-52 (README,
-"Performance", change 21). Its freed pages go back by themselves within about a second
-(`JEMALLOC_CONF`: a background thread, one second of decay), and `release` asks for them
-at once. Without it, glibc's allocator and `malloc_trim` do the same, more slowly.
 """
 
 from __future__ import annotations
@@ -26,21 +18,15 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 __all__ = [
     "FREEZE_EVERY",
-    "JEMALLOC_CONF",
-    "JEMALLOC_LIBRARIES",
     "Trimmer",
-    "allocator",
     "exec_again",
     "freeze",
     "release",
     "stateless_allocator",
-    "system_allocator_environment",
     "tune_collector",
     "use_system_allocator",
 ]
@@ -54,19 +40,6 @@ try:
     _trim = ctypes.CDLL("libc.so.6").malloc_trim
 except (OSError, AttributeError):  # not glibc: nothing to trim with
     _trim = None
-# jemalloc's control interface, when this process runs on it (preloaded); else None.
-_mallctl: Any = getattr(ctypes.CDLL(None), "mallctl", None)
-# jemalloc's "every arena" index (MALLCTL_ARENAS_ALL), for `arena.<i>.purge`.
-_ALL_ARENAS = 4096
-
-# Where Debian and Ubuntu put jemalloc (package libjemalloc2), by architecture.
-JEMALLOC_LIBRARIES = (
-    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
-)
-# Freed pages go back to the system within about a second, by a thread of jemalloc's own,
-# so a worker whose expiry has caught up gives memory back without a call.
-JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 
 
 # Set beside PYTHONMALLOC by `use_system_allocator`: the allocator is linkwatch's choice,
@@ -75,30 +48,13 @@ _CHOSEN = "LINKWATCH_SYSTEM_ALLOCATOR"
 
 
 def use_system_allocator() -> None:
-    """Restart this command on the C allocator (`system_allocator_environment`) unless it
-    already has a setting (an operator's explicit PYTHONMALLOC wins). Only the worker
-    commands call it."""
+    """Restart this command with `PYTHONMALLOC=malloc` unless it already has a setting
+    (an operator's explicit PYTHONMALLOC wins). Only the worker commands call it."""
     if "PYTHONMALLOC" in os.environ or _trim is None:
         return
-    os.environ.update(system_allocator_environment(os.environ))
+    os.environ["PYTHONMALLOC"] = "malloc"
+    os.environ[_CHOSEN] = "malloc"
     exec_again()
-
-
-def system_allocator_environment(
-    environ: Mapping[str, str], libraries: tuple[str, ...] = JEMALLOC_LIBRARIES
-) -> dict[str, str]:
-    """What a process that keeps state adds to its environment: Python's objects on the C
-    allocator, and that allocator jemalloc where one of `libraries` exists, unless
-    something is preloaded already (an operator's choice). An operator's MALLOC_CONF is
-    kept."""
-    chosen = {"PYTHONMALLOC": "malloc", _CHOSEN: "malloc"}
-    jemalloc = next((library for library in libraries if Path(library).exists()), None)
-    if jemalloc is None or environ.get("LD_PRELOAD"):
-        return chosen
-    return chosen | {
-        "LD_PRELOAD": jemalloc,
-        "MALLOC_CONF": environ.get("MALLOC_CONF", JEMALLOC_CONF),
-    }
 
 
 def stateless_allocator() -> dict[str, str]:
@@ -125,20 +81,9 @@ def exec_again() -> None:
 
 
 def release() -> None:
-    """Give free heap pages back to the operating system now: jemalloc's purge of every
-    arena when the process runs on it, else glibc's `malloc_trim` (else nothing)."""
-    if _mallctl is not None:
-        _mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0)
-    elif _trim is not None:
+    """Give free heap pages back to the operating system (glibc only; else a no-op)."""
+    if _trim is not None:
         _trim(0)
-
-
-def allocator() -> str:
-    """Which allocator this process's heap is on ("pymalloc", "jemalloc", "malloc": glibc's
-    or the platform's), for the worker's log."""
-    if os.environ.get("PYTHONMALLOC") != "malloc":
-        return "pymalloc"
-    return "jemalloc" if _mallctl is not None else "malloc"
 
 
 class Trimmer:

@@ -1,12 +1,6 @@
-"""When the worker and its children hand free pages back (streams/memory.py:Trimmer), and
-which allocator a worker's heap is on."""
+"""When the worker and its children hand free pages back (streams/memory.py:Trimmer)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -73,67 +67,3 @@ def test_a_catch_up_after_halving_releases_what_the_last_step_freed(releases: li
     trimmer.held(64, behind=True)
     trimmer.held(64, behind=False)  # a later catch-up that freed nothing
     assert releases == [1, 1, 1]
-
-
-def test_a_worker_preloads_jemalloc_where_the_system_has_it(tmp_path: Path) -> None:
-    library = tmp_path / "libjemalloc.so.2"
-    library.touch()
-    found = (str(tmp_path / "elsewhere.so"), str(library))
-    assert memory.system_allocator_environment({}, found) == {
-        "PYTHONMALLOC": "malloc",
-        "LINKWATCH_SYSTEM_ALLOCATOR": "malloc",
-        "LD_PRELOAD": str(library),
-        "MALLOC_CONF": memory.JEMALLOC_CONF,
-    }
-
-
-def test_an_operators_preload_and_jemalloc_settings_are_kept(tmp_path: Path) -> None:
-    library = tmp_path / "libjemalloc.so.2"
-    library.touch()
-    mine = memory.system_allocator_environment({"MALLOC_CONF": "narenas:2"}, (str(library),))
-    assert mine["MALLOC_CONF"] == "narenas:2"
-    theirs = memory.system_allocator_environment({"LD_PRELOAD": "libtcmalloc.so"}, (str(library),))
-    assert "LD_PRELOAD" not in theirs and "MALLOC_CONF" not in theirs
-    assert theirs["PYTHONMALLOC"] == "malloc"
-
-
-def test_without_jemalloc_the_heap_is_glibcs(tmp_path: Path) -> None:
-    assert memory.system_allocator_environment({}, (str(tmp_path / "none.so"),)) == {
-        "PYTHONMALLOC": "malloc",
-        "LINKWATCH_SYSTEM_ALLOCATOR": "malloc",
-    }
-
-
-_FREED = """
-import os, resource
-from streams import memory
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-before = rss()
-held = [str(i) * 3 for i in range(2_000_000)]
-full = rss()
-del held
-memory.release()
-print(memory.allocator(), before, full, rss())
-"""
-
-
-def test_a_worker_heap_runs_on_jemalloc_and_gives_freed_pages_back() -> None:
-    """With the environment a worker starts again with (`make install` puts jemalloc
-    there): its heap is jemalloc's, and `release` hands freed pages back at once."""
-    environment = memory.system_allocator_environment(os.environ)
-    assert "LD_PRELOAD" in environment, "no libjemalloc2: run `make allocator`"
-    # No background thread: the pages must come back by `release`, not by time.
-    environment["MALLOC_CONF"] = "background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1"
-    result = subprocess.run(
-        [sys.executable, "-c", _FREED],
-        env=os.environ | environment | {"PYTHONPATH": str(Path(__file__).parents[2])},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    name, before, full, after = result.stdout.split()
-    assert name == "jemalloc"
-    grown = int(full) - int(before)
-    assert grown > 100 << 20
-    assert int(after) - int(before) < grown / 10
