@@ -106,8 +106,9 @@ def route_rows(
     state is rebuilt and nothing is routed. ValueError or TypeError, with nothing resolved,
     if a report is not a row.
 
-    Compiled with the resolver (it runs once per report): interpreted, this loop was about
-    a fifth of the resolver process's time."""
+    Here, in the compiled core, rather than in the resolver process's interpreted code:
+    `Resolvers.apply` took 16 us a report with the loop there, 10.5 with it here (medians
+    in process, README "Performance", change 20)."""
     reports = [(row, None if type(row) is dict else Report.from_row(row)) for row in rows]
     routed = Routed()
     entries = routed.entries
