@@ -19,7 +19,7 @@ from graph.aliases import AliasResolver
 from graph.contract import Rejection, parse_report
 from graph.identity import Pseudonyms
 from graph.privacy import pseudonymise
-from graph.records import route_rows
+from graph.records import read_rows, route_rows
 from graph.watermark import LowWatermark
 from streams import memory
 from streams.settings import Settings
@@ -129,10 +129,13 @@ class Resolvers:
         if state is None or state.generation != generation:
             return _NOTHING
         try:
-            routed = route_rows(orjson.loads(value or b""), state.resolver, state.watermark,
-                                self.settings.partitions, replaying)  # fmt: skip
+            rows = read_rows(orjson.loads(value or b""))
         except (orjson.JSONDecodeError, TypeError, ValueError):
             return _NOTHING._replace(errors=["an unreadable batch"])
+        # Outside the `try`: an error while resolving is a bug, and the state it leaves is
+        # only rebuilt by the restart that follows the resolver process's end.
+        routed = route_rows(rows, state.resolver, state.watermark, self.settings.partitions,
+                            replaying)  # fmt: skip
         # One message per partition: the records of this batch for that partition, in order.
         packed = [(target, orjson.dumps(pack))
                   for target, entries in sorted(routed.entries.items())
