@@ -128,19 +128,25 @@ class Resolvers:
         state = self._states.get(partition)
         if state is None or state.generation != generation:
             return _NOTHING
-        try:
-            rows = read_rows(orjson.loads(value or b""))
-        except (orjson.JSONDecodeError, TypeError, ValueError):
-            return _NOTHING._replace(errors=["an unreadable batch"])
+        # The decoded rows and the encoded packs die with the message: in the resolver
+        # process they are made by pymalloc, the state by the C library (memory.transient).
+        with memory.transient():
+            try:
+                rows = read_rows(orjson.loads(value or b""))
+            except (orjson.JSONDecodeError, TypeError, ValueError):
+                return _NOTHING._replace(errors=["an unreadable batch"])
         # Outside the `try`: an error while resolving is a bug, and the state it leaves is
         # only rebuilt by the restart that follows the resolver process's end.
         routed = route_rows(rows, state.resolver, state.watermark, self.settings.partitions,
                             replaying)  # fmt: skip
-        # One message per partition: the records of this batch for that partition, in order.
-        packed = [(target, orjson.dumps(pack))
-                  for target, entries in sorted(routed.entries.items())
-                  for pack in packs(entries)]  # fmt: skip
-        return Resolved(packed, routed.hubs, routed.erased, routed.errors, state.resolver.accounts)
+        with memory.transient():
+            # One message per partition: the records of this batch for that partition, in
+            # order.
+            packed = [(target, orjson.dumps(pack))
+                      for target, entries in sorted(routed.entries.items())
+                      for pack in packs(entries)]  # fmt: skip
+            return Resolved(packed, routed.hubs, routed.erased, routed.errors,
+                            state.resolver.accounts)  # fmt: skip
 
     def forget_some(self, live: list[tuple[int, int]]) -> tuple[bool, int]:
         """A step of retention (`AliasResolver.forget_some`) for the states still owned,

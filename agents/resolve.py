@@ -26,6 +26,7 @@ import orjson
 
 from agents.children import Resolved, Resolvers, on_resolvers
 from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send
+from streams import memory
 from streams.metrics import Metrics
 from streams.offload import StateProcess
 from streams.settings import Settings
@@ -61,6 +62,7 @@ class ResolveStage:
             "lw-resolve",
             on_lost,
             in_process=not settings.resolver_process,
+            environment=memory.split_heap_environment(),
         )
         self._generations = itertools.count()
         # partition -> the generation of its newest state, from the moment `_create` makes

@@ -8,6 +8,12 @@ million edges the measured RSS stayed where it was (streams/scaling.py: 170 MB b
 157 MB after, empty 19 MB). With the C library's allocator instead (`PYTHONMALLOC=malloc`)
 and `malloc_trim` after a large expiry, free pages go back at page granularity: 29 MB
 after, for the same run, at the same speed. So the worker runs that way.
+
+The resolver process splits its heap instead (`split_heap`, `transient`): its state on the
+C library's allocator, and the short-lived objects of each batch (the decoded rows, the
+encoded packs) on pymalloc, which allocates them in about half the time. pymalloc's own
+`free` hands any address outside its arenas to the C library's, so either kind of object
+can be freed in either mode.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import logging
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
@@ -26,7 +34,10 @@ __all__ = [
     "exec_again",
     "freeze",
     "release",
+    "split_heap",
+    "split_heap_environment",
     "stateless_allocator",
+    "transient",
     "tune_collector",
     "use_system_allocator",
 ]
@@ -66,6 +77,115 @@ def stateless_allocator() -> dict[str, str]:
     if os.environ.get(_CHOSEN) == os.environ.get("PYTHONMALLOC") == "malloc":
         return {"PYTHONMALLOC": "pymalloc"}
     return {}
+
+
+# Set for a child whose heap is split (`split_heap_environment`).
+_SPLIT = "LINKWATCH_SPLIT_HEAP"
+
+
+def split_heap_environment() -> dict[str, str]:
+    """The environment for a child process that keeps state (the resolver's): started on
+    Python's own allocator so that `split_heap` can put its state on the C library's.
+    Nothing when an operator chose the allocator: theirs is used whole."""
+    if os.environ.get(_CHOSEN) == os.environ.get("PYTHONMALLOC") == "malloc":
+        return {"PYTHONMALLOC": "pymalloc", _SPLIT: "1"}
+    return {}
+
+
+class _Allocator(ctypes.Structure):
+    """CPython's PyMemAllocatorEx: a context and four functions taking it."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("ctx", "malloc", "calloc", "realloc", "free")]
+
+
+class _SplitHeap:
+    """Two allocators for CPython's object and memory domains, switched by `transient`.
+
+    - state (the default): new blocks from the C library's allocator, as in the worker, so
+      that expiry returns memory (`release`);
+    - batch: pymalloc, for objects that die with the batch.
+
+    Both free with pymalloc's `free` and resize with its `realloc`, which pass any block
+    outside pymalloc's arenas to the C library's (CPython 3.11, Objects/obmalloc.c:
+    `_PyObject_Free`, `_PyObject_Realloc`), so a block made in one mode can be freed or
+    resized in the other. This relies on pymalloc's functions ignoring their context, as
+    they do without debug hooks (`split_heap` checks that the contexts are NULL).
+
+    One kind of block escapes: pymalloc's `realloc` of nothing allocates from pymalloc, so
+    the first items of a list that was empty land there in either mode (until it outgrows
+    512 bytes). They are a twentieth of the resolver's state
+    (`test_a_split_heap_keeps_state_off_pymalloc_and_gives_the_same_records`) and leave
+    with it; after the window slid past 200,000 reports the resolver process held what it
+    held on the C library's allocator alone (43 MB; README, "Performance", change 22)."""
+
+    RAW, MEM, OBJ = 0, 1, 2  # PyMemAllocatorDomain
+
+    def __init__(self) -> None:
+        api = ctypes.pythonapi
+        api.PyMem_GetAllocator.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        api.PyMem_SetAllocator.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        raw, pymalloc = _Allocator(), _Allocator()
+        api.PyMem_GetAllocator(self.RAW, ctypes.byref(raw))
+        api.PyMem_GetAllocator(self.OBJ, ctypes.byref(pymalloc))
+        if raw.ctx or pymalloc.ctx:
+            raise RuntimeError("the allocators have debug hooks")
+        self._set = api.PyMem_SetAllocator
+        self._batch = _Allocator(None, pymalloc.malloc, pymalloc.calloc, pymalloc.realloc,
+                                 pymalloc.free)  # fmt: skip
+        self._state = _Allocator(None, raw.malloc, raw.calloc, pymalloc.realloc, pymalloc.free)
+
+    def state(self) -> None:
+        self._set(self.MEM, ctypes.byref(self._state))
+        self._set(self.OBJ, ctypes.byref(self._state))
+
+    def batch(self) -> None:
+        self._set(self.MEM, ctypes.byref(self._batch))
+        self._set(self.OBJ, ctypes.byref(self._batch))
+
+
+_split: _SplitHeap | None = None
+
+
+def split_heap() -> bool:
+    """In a child started with `split_heap_environment`: new objects from here on are made
+    by the C library's allocator, except inside `transient`. Returns whether the heap is
+    split; anything else (another environment, debug hooks, another Python) leaves the
+    process on the allocator it started with."""
+    global _split
+    if _split is not None:
+        return True
+    if (
+        os.environ.get(_SPLIT) != "1"
+        or os.environ.get("PYTHONMALLOC") != "pymalloc"
+        or sys.flags.dev_mode
+        or sys.implementation.name != "cpython"
+        or sys.version_info[:2] != (3, 11)
+        or _trim is None
+    ):
+        return False
+    try:
+        heap = _SplitHeap()
+    except (AttributeError, RuntimeError):
+        return False
+    heap.state()
+    _split = heap
+    return True
+
+
+@contextmanager
+def transient() -> Iterator[None]:
+    """Objects made inside are a batch's, gone when it is answered: made by pymalloc where
+    the heap is split (`split_heap`), a no-op elsewhere. Nothing made inside may be kept by
+    state: an object that outlived the batch would hold pymalloc's 1 MiB arena after expiry."""
+    heap = _split
+    if heap is None:
+        yield
+        return
+    heap.batch()
+    try:
+        yield
+    finally:
+        heap.state()
 
 
 def exec_again() -> None:

@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from streams.memory import release, stateless_allocator, tune_collector
+from streams.memory import release, split_heap, stateless_allocator, tune_collector
 
 if TYPE_CHECKING:  # a child imports this module: it needs no Prometheus
     from streams.metrics import Metrics
@@ -200,7 +200,8 @@ class StateProcess(Generic[C]):
     A child that dies, or keeps a request waiting for `timeout` seconds, has taken the
     state with it: `on_lost(why)` is called (the worker restarts in place) and every
     request in flight fails with `StateLost`. `work` and `make_state` must be picklable
-    (functions by name, or `functools.partial` of them).
+    (functions by name, or `functools.partial` of them). `environment`: what the child's
+    environment differs in (the resolver's: `memory.split_heap_environment`).
     """
 
     def __init__(
@@ -211,6 +212,7 @@ class StateProcess(Generic[C]):
         on_lost: Callable[[str], None],
         in_process: bool = False,
         timeout: float = TIMEOUT,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.work = work
         self.make_state = make_state
@@ -218,6 +220,7 @@ class StateProcess(Generic[C]):
         self.on_lost = on_lost
         self.in_process = in_process
         self.timeout = timeout
+        self.environment = dict(environment or {})  # what the child's differs in
         self._state: C | None = None  # in_process only
         self._child: _Child[C, Any] | None = None  # by `start` or the first request
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
@@ -253,7 +256,7 @@ class StateProcess(Generic[C]):
         child takes a second or two to import what it needs)."""
         if self.in_process or self._child is not None or self._lost:
             return
-        self._child = _Child(self.work, self.make_state, self.name)
+        self._child = _Child(self.work, self.make_state, self.name, self.environment)
         self._pumps = [asyncio.ensure_future(pump(self._child))
                        for pump in (self._write, self._read)]  # fmt: skip
 
@@ -416,8 +419,10 @@ def _serve(
     _die_with_parent(name)
     # Ctrl-C reaches the whole process group: the worker handles it and closes the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # As in the worker (streams/cli.py): the allocator came with the environment.
+    # As in the worker (streams/cli.py): the allocator came with the environment, and a
+    # state's child splits its heap if that asks for it (memory.split_heap).
     tune_collector()
+    split_heap()
     context = make_context()
     received = 0  # bytes of requests since the heap was last trimmed
     try:

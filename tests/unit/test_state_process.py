@@ -16,6 +16,7 @@ import pytest
 
 from agents.intake import validate_batch
 from agents.resolve import Resolvers, ResolveStage, on_resolvers
+from streams import memory
 from streams.metrics import Metrics
 from streams.offload import StateLost, StateProcess
 from streams.settings import Settings
@@ -77,7 +78,22 @@ def _sent(
     return sent, metrics
 
 
-def test_the_resolver_process_sends_what_the_worker_sends_in_the_same_order() -> None:
+@pytest.fixture(params=["linkwatch", "an operator"])
+def allocator_chosen_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The environment a worker runs in: on the C library's allocator, chosen by linkwatch
+    (memory.use_system_allocator) or by an operator's own PYTHONMALLOC."""
+    monkeypatch.setenv("PYTHONMALLOC", "malloc")
+    if request.param == "linkwatch":
+        monkeypatch.setenv("LINKWATCH_SYSTEM_ALLOCATOR", "malloc")
+    else:
+        monkeypatch.delenv("LINKWATCH_SYSTEM_ALLOCATOR", raising=False)
+    return str(request.param)
+
+
+def test_the_resolver_process_sends_what_the_worker_sends_in_the_same_order(
+    allocator_chosen_by: str,
+) -> None:
+    """Also with its heap split (memory.split_heap), as the worker starts it."""
     messages = _identity_messages()
     in_child, child_metrics = _sent(replace(SETTINGS, resolver_process=True), messages)
     in_worker, worker_metrics = _sent(replace(SETTINGS, resolver_process=False), messages)
@@ -93,6 +109,28 @@ def test_the_resolver_process_sends_what_the_worker_sends_in_the_same_order() ->
     assert {"report", "merge", "await", "erase"} <= kinds
     for metrics in (child_metrics, worker_metrics):
         assert metrics.internal_errors._value.get() == 1  # the unreadable message
+
+
+def _heap(state: object) -> tuple[str | None, bool]:
+    """The allocator a child was started with, and whether its heap is split."""
+    return os.environ.get("PYTHONMALLOC"), memory.split_heap()
+
+
+def test_the_resolver_process_splits_its_heap_unless_an_operator_chose_the_allocator(
+    allocator_chosen_by: str,
+) -> None:
+    async def run() -> tuple[str | None, bool]:
+        process = StateProcess(_heap, dict, "lw-test", print,
+                               environment=memory.split_heap_environment())  # fmt: skip
+        try:
+            answer: tuple[str | None, bool] = await process.call()
+            return answer
+        finally:
+            process.close()
+
+    expected = ("pymalloc", True) if allocator_chosen_by == "linkwatch" else ("malloc", False)
+    assert asyncio.run(run()) == expected
+    assert os.environ["PYTHONMALLOC"] == "malloc"  # the worker's own is unchanged
 
 
 def _resolvers() -> StateProcess[Resolvers]:
