@@ -122,8 +122,8 @@ class _SplitHeap:
 
     def __init__(self) -> None:
         api = ctypes.pythonapi
-        api.PyMem_GetAllocator.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        api.PyMem_SetAllocator.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        for function in (api.PyMem_GetAllocator, api.PyMem_SetAllocator):
+            function.argtypes, function.restype = [ctypes.c_int, ctypes.c_void_p], None
         raw, pymalloc = _Allocator(), _Allocator()
         api.PyMem_GetAllocator(self.RAW, ctypes.byref(raw))
         api.PyMem_GetAllocator(self.OBJ, ctypes.byref(pymalloc))
