@@ -74,9 +74,13 @@ def stateless_allocator() -> dict[str, str]:
     expiry frees; for a batch's short-lived objects pymalloc is faster (measured:
     validation 21.5 against 26.1 us a report). It keeps an arena while one object in it
     lives, so such a process is renewed when idle (streams/offload.py)."""
-    if os.environ.get(_CHOSEN) == os.environ.get("PYTHONMALLOC") == "malloc":
-        return {"PYTHONMALLOC": "pymalloc"}
-    return {}
+    return {"PYTHONMALLOC": "pymalloc"} if _linkwatch_chose_malloc() else {}
+
+
+def _linkwatch_chose_malloc() -> bool:
+    """Whether this process is on the C library's allocator by `use_system_allocator`'s
+    choice rather than an operator's."""
+    return os.environ.get(_CHOSEN) == os.environ.get("PYTHONMALLOC") == "malloc"
 
 
 # Set for a child whose heap is split (`split_heap_environment`).
@@ -87,9 +91,7 @@ def split_heap_environment() -> dict[str, str]:
     """The environment for a child process that keeps state (the resolver's): started on
     Python's own allocator so that `split_heap` can put its state on the C library's.
     Nothing when an operator chose the allocator: theirs is used whole."""
-    if os.environ.get(_CHOSEN) == os.environ.get("PYTHONMALLOC") == "malloc":
-        return {"PYTHONMALLOC": "pymalloc", _SPLIT: "1"}
-    return {}
+    return {"PYTHONMALLOC": "pymalloc", _SPLIT: "1"} if _linkwatch_chose_malloc() else {}
 
 
 class _Allocator(ctypes.Structure):

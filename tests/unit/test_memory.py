@@ -125,10 +125,15 @@ def _pymalloc_bytes(stderr: str, label: str) -> int:
     return int(line.split("=")[1].replace(",", ""))
 
 
-def _run_resolver(environment: dict[str, str]) -> tuple[list[str], dict[str, int]]:
+def _python(script: str, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter whose allocator settings are `environment`'s only."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "PYTHONDEVMODE")}
-    done = subprocess.run([sys.executable, "-c", _RESOLVER], env=env | environment,
+    return subprocess.run([sys.executable, "-c", script], env=env | environment,
                           capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+
+
+def _run_resolver(environment: dict[str, str]) -> tuple[list[str], dict[str, int]]:
+    done = _python(_RESOLVER, environment)
     labels = ("@start", "@state", "@batch")
     return done.stdout.split(), {label: _pymalloc_bytes(done.stderr, label) for label in labels}
 
@@ -161,7 +166,4 @@ def test_a_split_heap_keeps_state_off_pymalloc_and_gives_the_same_records() -> N
 )
 def test_a_heap_is_split_only_when_asked_and_possible(environment: dict[str, str]) -> None:
     script = "from streams import memory\nwith memory.transient(): pass\nprint(memory.split_heap())"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "PYTHONDEVMODE")}
-    done = subprocess.run([sys.executable, "-c", script], env=env | environment,
-                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
-    assert done.stdout.strip() == "False"
+    assert _python(script, environment).stdout.strip() == "False"
