@@ -111,14 +111,28 @@ class Hub:
     accounts: int
 
 
-@dataclass(slots=True)  # one per report: not frozen, whose __init__ costs 3x (see Report)
+@dataclass(slots=True, init=False)  # one per report: not frozen, `__init__` written (see Report)
 class Resolution:
     actor_id: str
-    links: tuple[Link, ...] = ()
-    merges: tuple[Merge, ...] = ()
-    hubs: tuple[Hub, ...] = ()
+    links: tuple[Link, ...]
+    merges: tuple[Merge, ...]
+    hubs: tuple[Hub, ...]
     # The newest event time in the stream so far: the one watermark every partition uses.
-    watermark: float = 0.0
+    watermark: float
+
+    def __init__(
+        self,
+        actor_id: str,
+        links: tuple[Link, ...] = (),
+        merges: tuple[Merge, ...] = (),
+        hubs: tuple[Hub, ...] = (),
+        watermark: float = 0.0,
+    ) -> None:
+        self.actor_id = actor_id
+        self.links = links
+        self.merges = merges
+        self.hubs = hubs
+        self.watermark = watermark
 
 
 class _Value:

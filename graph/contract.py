@@ -52,7 +52,7 @@ _RFC3339 = re.compile(
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Report:
     """A valid abuse report: one offender account, one victim, one moment in event time.
 
@@ -70,8 +70,35 @@ class Report:
     victim_account: str
     victim_region: str
     offender_signals: Mapping[str, str]
-    text: str | None = None
-    reporter: str | None = None
+    text: str | None
+    reporter: str | None
+
+    # Written out (`init=False`) because mypyc compiles a written `__init__`, where the
+    # one `dataclass` generates runs interpreted: 0.5-0.9 against 0.14 us a report
+    # ("Performance", change 23). The fields and their order are the dataclass's.
+    def __init__(
+        self,
+        report_id: str,
+        platform: str,
+        event_time: float,
+        category: str,
+        offender_account: str,
+        victim_account: str,
+        victim_region: str,
+        offender_signals: Mapping[str, str],
+        text: str | None = None,
+        reporter: str | None = None,
+    ) -> None:
+        self.report_id = report_id
+        self.platform = platform
+        self.event_time = event_time
+        self.category = category
+        self.offender_account = offender_account
+        self.victim_account = victim_account
+        self.victim_region = victim_region
+        self.offender_signals = offender_signals
+        self.text = text
+        self.reporter = reporter
 
     @property
     def reported_at(self) -> datetime:

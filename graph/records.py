@@ -155,13 +155,23 @@ def route_rows(
     return routed
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # one per record: `__init__` written (see Report)
 class Handled:
     """What one record did: report outcomes, alerts raised, and records to send on."""
 
-    outcomes: list[Outcome] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
-    sends: list[tuple[str, Record]] = field(default_factory=list)
+    outcomes: list[Outcome]
+    alerts: list[Alert]
+    sends: list[tuple[str, Record]]
+
+    def __init__(
+        self,
+        outcomes: list[Outcome] | None = None,
+        alerts: list[Alert] | None = None,
+        sends: list[tuple[str, Record]] | None = None,
+    ) -> None:
+        self.outcomes = [] if outcomes is None else outcomes
+        self.alerts = [] if alerts is None else alerts
+        self.sends = [] if sends is None else sends
 
     def extend(self, other: Handled) -> None:
         self.outcomes += other.outcomes

@@ -344,10 +344,14 @@ class Actor:
         }
 
 
-@dataclass(slots=True)  # one per report: not frozen, whose __init__ costs 3x (see Report)
+@dataclass(slots=True, init=False)  # one per report: not frozen, `__init__` written (see Report)
 class Applied:
     outcome: Outcome
-    alerts: tuple[Alert, ...] = ()
+    alerts: tuple[Alert, ...]
+
+    def __init__(self, outcome: Outcome, alerts: tuple[Alert, ...] = ()) -> None:
+        self.outcome = outcome
+        self.alerts = alerts
 
 
 class RollingGraph:
