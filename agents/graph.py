@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send, packs
-from graph.records import InvalidRecord, PartitionGraph
+from graph.records import PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import actor_partition, read_partitions
 from streams.memory import Trimmer
@@ -88,27 +88,19 @@ class GraphStage:
             entries = None
         if not isinstance(entries, list):
             return self._internal_error("an unreadable message")
-        now = time.time()
-        alerts = []
-        outcomes: Counter[str] = Counter()
+        handled, unreadable = graph.handle_entries(entries, time.time())
+        if unreadable:
+            self._internal_error(f"unreadable records ({unreadable})", unreadable)
+        alerts = handled.alerts
         onward: dict[int, list[list[Any]]] = {}
-        for entry in entries:
-            try:
-                key, record = entry
-                handled = graph.handle(str(key), record, now)
-            except (InvalidRecord, KeyError, TypeError, ValueError, AttributeError):
-                # Only linkwatch writes this topic: a bug or a foreign writer, never input.
-                self._internal_error("an unreadable record")
-                continue
-            alerts += handled.alerts
-            if not replaying:
-                outcomes.update(handled.outcomes)
-                for target_key, absorb in handled.sends:
-                    self.metrics.merges.inc()
-                    target = actor_partition(target_key, self.settings.partitions)
-                    onward.setdefault(target, []).append([target_key, absorb])
-        for outcome, count in outcomes.items():  # one counter update per outcome and batch
-            self.metrics.reports.labels(outcome=str(outcome)).inc(count)
+        if not replaying:
+            # One counter update per outcome and message.
+            for outcome, count in Counter(handled.outcomes).items():
+                self.metrics.reports.labels(outcome=str(outcome)).inc(count)
+            for target_key, absorb in handled.sends:
+                self.metrics.merges.inc()
+                target = actor_partition(target_key, self.settings.partitions)
+                onward.setdefault(target, []).append([target_key, absorb])
         deliveries = []
         for target, entries in sorted(onward.items()):
             for pack in packs(entries):
@@ -124,9 +116,9 @@ class GraphStage:
             )  # fmt: skip
         return deliveries
 
-    def _internal_error(self, what: str) -> list[Any]:
+    def _internal_error(self, what: str, count: int = 1) -> list[Any]:
         log.error("skipped %s on %s", what, self.settings.actor_reports_topic)
-        self.metrics.internal_errors.inc()
+        self.metrics.internal_errors.inc(count)
         return []
 
 

@@ -212,6 +212,23 @@ class PartitionGraph:
     def held_records(self) -> int:
         return sum(len(hold.records) for hold in self._holds.values())
 
+    def handle_entries(self, entries: list[Any], now: float) -> tuple[Handled, int]:
+        """Apply one packed message's `[key, record]` entries in order: what they did,
+        together, and how many could not be read (each skipped, the rest applied). The
+        graph agent's loop, here so that it runs compiled ("Performance", change 24)."""
+        done = Handled()
+        unreadable = 0
+        for entry in entries:
+            try:
+                key, record = entry
+                handled = self.handle(str(key), record, now)
+            except (InvalidRecord, KeyError, TypeError, ValueError, AttributeError):
+                # Only linkwatch writes this topic: a bug or a foreign writer, never input.
+                unreadable += 1
+                continue
+            done.extend(handled)
+        return done, unreadable
+
     def handle(self, key: str, record: Record, now: float) -> Handled:
         kind = record.get("kind")
         if kind == "absorb":

@@ -189,3 +189,42 @@ def test_the_window_follows_the_newest_event_in_the_whole_stream() -> None:
     for partitions in (1, 2):
         run = Pipeline(SECRET, WINDOW, CrossRegionRule(), partitions=partitions).feed(lines, 0.0)
         assert run.alerts == [], partitions
+
+
+def test_a_packed_message_is_applied_in_order_and_its_unreadable_entries_counted(
+    tmp_path: Path,
+) -> None:
+    # `handle_entries` is the graph agent's loop over one packed message: the same as
+    # handling each entry in turn, with an unreadable entry skipped and counted, not fatal.
+    lines, _ = _sequential_alerts(tmp_path)
+    resolver = AliasResolver(SECRET, window_seconds=WINDOW)
+    pseudonyms = Pseudonyms(pseudonym_key_for(SECRET))
+    entries: list[object] = []
+    for raw in lines:
+        report = parse_report(raw)
+        if isinstance(report, Report):
+            report = pseudonymise(report, pseudonyms)
+            entries += [
+                list(e) for e in resolution_records(resolver.resolve(report), report.to_row())
+            ]
+    unreadable = [
+        ["only a key"],
+        ["actor", {"kind": "unknown"}],
+        ["actor", {"kind": "report", "report": [1]}],
+    ]
+    mixed = entries[:40] + unreadable[:1] + entries[40:90] + unreadable[1:] + entries[90:]
+
+    def graph() -> PartitionGraph:
+        return PartitionGraph(RollingGraph(WINDOW, CrossRegionRule(), pseudonyms.reveal))
+
+    one_by_one, together = graph(), graph()
+    outcomes, alerts, sends = [], [], []
+    for key, record in entries:
+        handled = one_by_one.handle(key, record, now=0.0)
+        outcomes += handled.outcomes
+        alerts += handled.alerts
+        sends += handled.sends
+    done, skipped = together.handle_entries(mixed, now=0.0)
+    assert skipped == 3
+    assert alerts, "the stream raises alerts"
+    assert (done.outcomes, done.alerts, done.sends) == (outcomes, alerts, sends)
