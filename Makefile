@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install compile clean-compiled compiler browser deploy-tools run test unit integration lint typecheck deploy-check bench bench-quick eval clean
+.PHONY: install compile clean-compiled compiler browser deploy-tools run test unit integration lint typecheck deploy-check bench bench-quick bench-instructions valgrind eval clean
 
 install: $(STAMP)
 
@@ -82,6 +82,16 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP) compile
 	$(BIN)/python -m streams.bench
+
+# Instructions per report of each stage, counted by Valgrind: unlike a timing, the same
+# from run to run on a noisy machine (streams/stagecost.py; README, "Performance").
+bench-instructions: install compile valgrind
+	$(BIN)/python -m streams.stagecost
+
+valgrind:
+	@command -v valgrind >/dev/null || { \
+	  echo "installing Debian's valgrind to count instructions"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 
 eval: install compile
 	$(BIN)/python -m streams.evaluate

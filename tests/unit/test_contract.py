@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from datetime import datetime
 
-from graph.contract import MAX_MESSAGE_BYTES, REJECTION_REASONS, Rejection, Report, parse_report
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graph.contract import (
+    MAX_MESSAGE_BYTES,
+    REJECTION_REASONS,
+    Rejection,
+    Report,
+    _event_time,
+    parse_report,
+)
 from tests.factories import encode, make_report
 
 
@@ -143,3 +155,98 @@ def test_partition_key_keeps_one_accounts_reports_together() -> None:
     assert partition_key(b"{broken") is None
     assert partition_key(b'{"platform": "chirp", "offender": "tom"}') is None
     assert partition_key(b"[1]") is None
+
+
+# The usual timestamp shapes are read in integer arithmetic (change 25), not by the
+# regex and `datetime`: the same instant for each, the same refusals, as this reference
+# (the code before change 25).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def _by_datetime(text: str) -> float | None:
+    try:
+        if len(text) > 64 or not _RFC3339.fullmatch(text):
+            return None
+        return datetime.fromisoformat(text.upper().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _digits(size: int, others: str = "") -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from("0123456789" * 3 + others), min_size=size, max_size=size).map(
+        "".join
+    )
+
+
+_ZONES = st.one_of(
+    st.just("Z"),
+    st.tuples(st.sampled_from("+-"), _digits(2, "a\u0663"), _digits(2, "x")).map(
+        lambda zone: f"{zone[0]}{zone[1]}:{zone[2]}"
+    ),
+)
+_FRACTIONS = st.one_of(
+    st.just(""), st.integers(0, 11).flatmap(lambda size: _digits(size, "x")).map(lambda d: f".{d}")
+)
+_ANY_DIGITS = st.tuples(
+    _digits(4, "x"),
+    _digits(2),
+    _digits(2, " "),
+    _digits(2),
+    _digits(2),
+    _digits(2, "\uff19"),
+    _FRACTIONS,
+    _ZONES,
+).map(lambda p: f"{p[0]}-{p[1]}-{p[2]}T{p[3]}:{p[4]}:{p[5]}{p[6]}{p[7]}")
+_REAL_DATES = st.tuples(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    _FRACTIONS,
+    _ZONES,
+).map(
+    lambda p: (
+        f"{p[0].year:04d}-{p[0].month:02d}-{p[0].day:02d}T"
+        f"{p[0].hour:02d}:{p[0].minute:02d}:{p[0].second:02d}{p[1]}{p[2]}"
+    )
+)
+
+
+@given(st.one_of(_ANY_DIGITS, _REAL_DATES))
+@settings(max_examples=3000, deadline=None)
+def test_the_usual_timestamp_shapes_read_as_fromisoformat_reads_them(text: str) -> None:
+    assert _event_time(text) == _by_datetime(text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-02-29T00:00:00Z",  # leap year
+        "2023-02-29T00:00:00Z",
+        "1900-02-29T00:00:00Z",  # not a leap year
+        "2000-02-29T23:59:59Z",  # a leap year
+        "2025-04-31T00:00:00Z",
+        "2025-12-31T23:59:59Z",
+        "2025-01-01T24:00:00Z",
+        "2025-01-01T00:00:60Z",
+        "0000-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-23:59",
+        "2025-01-01T00:00:00+05:75",  # fromisoformat takes two-digit minutes as they are
+        "2025-01-01T00:00:00+23:59",
+        "2025-01-01T00:00:00+24:00",
+        "2025-01-01T00:00:00-00:00",
+        "2025-01-01T21:38:23.324632Z",  # as the simulator writes them
+        "2025-01-01T21:38:23.1+01:00",
+        "2025-01-01T21:38:23.123456789Z",  # fromisoformat keeps six digits
+        "2025-01-01T21:38:23.1234567890Z",  # ten: refused
+        "2025-01-01T21:38:23.Z",
+        "1969-12-31T23:59:59.5Z",
+        "9999-12-31T23:59:59.999999-23:59",  # beyond a float's exact microseconds
+        "0001-01-01T00:00:00.000001+23:59",
+        "2025-01-01t21:38:23Z",
+        "2025-01-01 21:38:23z",
+        "\uff12025-01-01T00:00:00Z",  # a fullwidth digit
+    ],
+)
+def test_edge_timestamps_read_as_fromisoformat_reads_them(text: str) -> None:
+    assert _event_time(text) == _by_datetime(text)
