@@ -14,14 +14,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agents.children import Validated, validate_batch
+from agents.children import Intake, Validated, validate_batch, validate_fetched
 from agents.replay import TAKE, WITHIN, Send
 from graph.identity import Pseudonyms
+from streams.fetched import Fetched, RawFetch
 from streams.metrics import Metrics
 from streams.offload import Offload
 from streams.settings import Settings
 
-__all__ = ["Validated", "make_intake", "validate_batch", "validated"]
+__all__ = ["Intake", "Validated", "make_intake", "validate_batch", "validate_fetched", "validated"]
 
 
 def make_intake(
@@ -30,18 +31,18 @@ def make_intake(
     """The agent body for the reports topic."""
 
     async def intake(stream: Any) -> None:
-        offload = Offload(settings.intake_processes, validate_batch, settings.pseudonyms, metrics)
+        offload = Offload(settings.intake_processes, validate_fetched, settings.pseudonyms, metrics)
         renewing = asyncio.ensure_future(offload.renew_when_idle())
         try:
             async for events in stream.take_events(TAKE, within=WITHIN):
                 # Each event is a fetched batch of one partition (streams/transport.py).
-                records = [record for event in events for record in event.message.value]
-                identity, rejected = await validated(offload, records)
+                # Each is one `RawFetch` (streams/fetched.py): read in the intake process.
+                fetches = [fetch for event in events for fetch in event.message.value]
+                identity, rejected = await validated(offload, fetches)
                 deliveries = []
-                for index, reason, detail in rejected:
-                    metrics.reject(reason)
-                    record = records[index]
-                    deliveries.append(await send(*_rejection(settings, record, reason, detail)))
+                for rejection in rejected:
+                    metrics.reject(rejection[4])
+                    deliveries.append(await send(*_rejection(settings, *rejection)))
                 timestamp = events[0].message.timestamp if events else None
                 for message in identity:
                     deliveries.append(
@@ -55,46 +56,56 @@ def make_intake(
     return intake
 
 
-async def validated(offload: Offload[Pseudonyms, Validated], records: list[Any]) -> Validated:
-    """`validate_batch` over fetched records, split across the offload's processes."""
-    pieces = _pieces(records, offload.width)
-    return _joined(pieces, await offload.map(pieces))
+async def validated(offload: Offload[Pseudonyms, Intake], fetches: list[RawFetch]) -> Intake:
+    """`validate_fetched` over fetches of the reports topic, split across the offload's
+    processes."""
+    pieces = _pieces([fetch.fetched() for fetch in fetches], offload.width)
+    return _joined(await offload.map(pieces))
 
 
-# A piece of a batch as the work takes it: the values, their input partitions and offsets.
-Piece = tuple[list[bytes | None], list[int], list[int]]
+# A piece of a batch as the work takes it: some of its fetches, in order.
+Piece = tuple[list[Fetched]]
 
 
-def _piece(records: list[Any]) -> Piece:
-    return (
-        [record.value for record in records],
-        [record.partition for record in records],
-        [record.offset for record in records],
-    )
+def _pieces(fetches: list[Fetched], count: int) -> list[Piece]:
+    """The batch's fetches in at most `count` consecutive pieces of about as many bytes,
+    one for each process."""
+    if not fetches:
+        return []
+    share = sum(len(data) for _, _, data in fetches) / count
+    pieces: list[Piece] = [([],)]
+    size = 0
+    for fetch in fetches:
+        if size >= share and len(pieces) < count:
+            pieces.append(([],))
+            size = 0
+        pieces[-1][0].append(fetch)
+        size += len(fetch[2])
+    return pieces
 
 
-def _pieces(records: list[Any], count: int) -> list[Piece]:
-    """The batch in `count` consecutive pieces, for as many processes."""
-    size = -(-len(records) // count) or 1
-    return [_piece(records[start : start + size]) for start in range(0, len(records), size)]
-
-
-def _joined(pieces: list[Piece], results: list[Validated]) -> Validated:
-    """The pieces' results as one batch's: messages in order, rejection indexes rebased."""
+def _joined(results: list[Intake]) -> Intake:
+    """The pieces' results as one batch's, in order."""
     identity: list[bytes] = []
-    rejected: list[tuple[int, str, str]] = []
-    base = 0
-    for (values, _, _), (messages, rejections) in zip(pieces, results, strict=True):
+    rejected: list[tuple[int, int, bytes | None, bytes | None, str, str]] = []
+    for messages, rejections in results:
         identity += messages
-        rejected += [(base + index, reason, detail) for index, reason, detail in rejections]
-        base += len(values)
+        rejected += rejections
     return identity, rejected
 
 
-def _rejection(settings: Settings, record: Any, reason: str, detail: str) -> tuple[Any, ...]:
+def _rejection(
+    settings: Settings,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    detail: str,
+) -> tuple[Any, ...]:
     headers = [
         ("linkwatch.reason", reason.encode()),
         ("linkwatch.detail", detail.encode("utf-8", "replace")),
-        ("linkwatch.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ("linkwatch.source", f"{settings.reports_topic}/{partition}/{offset}".encode()),
     ]
-    return settings.rejected_topic, record.key, record.value or b"", None, None, headers
+    return settings.rejected_topic, key, value or b"", None, None, headers

@@ -91,6 +91,7 @@ def build_app(
         producer_linger_ms=5,
     )
     app.idempotent_producer = settings.idempotent_producer
+    app.raw_topics = frozenset({settings.reports_topic})  # intake reads the bytes itself
     metrics = Metrics()
 
     async def send(*args: Any) -> Any:

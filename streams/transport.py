@@ -1,4 +1,4 @@
-"""Faust's aiokafka transport with four changes: batches, fetch wait, retries, new logs.
+"""Faust's aiokafka transport with five changes: batches, fetch wait, retries, new logs, raw reads.
 
 1. **Batches.** Stock Faust turns every fetched record into a message and pushes it through
    its consumer loop one at a time: four asyncio tasks per message in `_drain_messages`
@@ -12,7 +12,7 @@
    Faust's own bookkeeping of the offsets between messages, its "gaps", is replaced; an
    ack of a batch fetched before the last rebalance does not count, `ack` below).
    Agents read `event.message.value`: a list of records with `.key`, `.value`, `.offset`,
-   `.partition` and `.timestamp` (in ms).
+   `.partition` and `.timestamp` (in ms); for a topic read raw, one `RawFetch` (item 5).
 2. **Fetch wait.** Faust creates its consumer with `fetch_max_wait_ms=1500`. On Apache Kafka
    a waiting fetch returns as soon as data arrives, but Tansu's memory engine holds it for
    the whole wait (measured: 250-670 ms per message at 1500 ms; 2-11 ms at 20 ms). linkwatch
@@ -36,6 +36,10 @@
    with (`log_replaced`). If one does not, the worker restarts in place (same process,
    `os.execv`): all state is dropped, as after a SIGKILL, and rebuilt from what the
    broker has now.
+5. **The reports topic is read raw** (streams/fetched.py). Each fetch of one of its
+   partitions is one `RawFetch`, the bytes Kafka sent, rather than one aiokafka record
+   per report: the intake process reads the records. The consumer's value deserializer
+   (`RawTopics`) names the topics read so; the app's `raw_topics` says which.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from faust.types import TP, ConsumerMessage
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from streams.fetched import RawTopics, read_raw
 from streams.memory import exec_again
 
 __all__ = ["FETCH_MAX_WAIT_MS", "LinkwatchApp", "first_record", "log_replaced", "restart_in_place"]
@@ -95,8 +100,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # aiokafka reads this when the consumer starts its fetcher (after this returns).
+        # aiokafka reads these when the consumer starts its fetcher (after this returns).
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._value_deserializer = RawTopics(getattr(self.app, "raw_topics", ()))  # item 5
         client = consumer._client
         on_closed = client._on_connection_closed  # connections made later call this
 
@@ -318,9 +324,11 @@ class LinkwatchApp(faust.App):
     """faust.App on the transport above (only `kafka://` URLs are used by linkwatch)."""
 
     idempotent_producer = False
+    raw_topics: frozenset[str] = frozenset()  # topics whose fetches agents get whole (item 5)
 
     def _new_transport(self) -> Any:
         retry_unknown_errors_in_order()
+        read_raw()
         return _Transport(self.conf.broker_consumer, self)
 
     def _new_producer_transport(self) -> Any:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from streams.fetched import RawFetch
 
 _ids = itertools.count(1)
 BASE_TIME = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -63,3 +67,29 @@ def serial_case(
         encode(make_report(offender, f"victim-{i}", names[i], at=timedelta(days=i * days_apart)))
         for i in range(regions)
     ]
+
+
+def fetch(
+    partition: int,
+    offset: int,
+    values: list[bytes | None],
+    *,
+    keys: list[bytes | None] | None = None,
+    first: int | None = None,
+    topic: str = "linkwatch.reports",
+) -> RawFetch:
+    """One partition's fetch as the worker's consumer hands it on (streams/fetched.py): the
+    bytes of one Kafka record batch holding `values` at offsets from `offset`, taken from
+    `first` (default: `offset`)."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+        base_sequence=-1, batch_size=1 << 30,
+    )  # fmt: skip
+    for delta, value in enumerate(values):
+        key = keys[delta] if keys is not None else None
+        builder.append(delta, timestamp=1_700_000_000_000, key=key, value=value, headers=[])
+    data = bytes(builder.build())
+    data = struct.pack(">q", offset) + data[8:]  # the base offset: outside the batch's CRC
+    last = offset + len(values) - 1
+    return RawFetch(topic, partition, last, 1_700_000_000_000, 0,
+                    offset if first is None else first, data)  # fmt: skip

@@ -16,13 +16,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agents.intake import Validated, validate_batch, validated
+from agents.intake import Intake, validate_fetched, validated
 from graph.identity import Pseudonyms
 from streams import offload as offload_module
+from streams.fetched import RawFetch
 from streams.metrics import Metrics
 from streams.offload import TIMEOUT, TRIM_AFTER_BYTES, TRIM_IDLE, Offload
 from streams.settings import Settings
-from tests.factories import encode, make_report
+from tests.factories import encode, fetch, make_report
 
 SETTINGS = Settings(pseudonym_key="offload-test-key-0123456789")
 
@@ -34,7 +35,13 @@ class _Record:
     offset: int
 
 
-def _batch(size: int) -> list[_Record]:
+@dataclass
+class _Batch:
+    fetches: list[RawFetch]  # what intake is handed: one fetch per partition
+    records: list[_Record]  # their records, in the fetches' order
+
+
+def _batch(size: int) -> _Batch:
     """Valid reports with malformed ones among them, over four partitions."""
     records = []
     for i in range(size):
@@ -48,50 +55,61 @@ def _batch(size: int) -> list[_Record]:
                             signals={"email_hash": f"e{i % 9}"})
             )  # fmt: skip
         records.append(_Record(value, i % 4, 1_000 + i // 4))
-    return records
+    records.sort(key=lambda record: record.partition)  # stable: offsets stay in order
+    fetches = [
+        fetch(partition, 1_000, [r.value for r in records if r.partition == partition])
+        for partition in range(4)
+    ]
+    return _Batch(fetches, records)
 
 
 @pytest.fixture
-def offloads() -> Iterator[list[Offload[Pseudonyms, Validated]]]:
-    made: list[Offload[Pseudonyms, Validated]] = []
+def offloads() -> Iterator[list[Offload[Pseudonyms, Intake]]]:
+    made: list[Offload[Pseudonyms, Intake]] = []
     yield made
     for offload in made:
         offload.close()
 
 
-def _offload(
-    made: list[Offload[Pseudonyms, Validated]], count: int
-) -> Offload[Pseudonyms, Validated]:
-    made.append(Offload(count, validate_batch, SETTINGS.pseudonyms, Metrics()))
+def _offload(made: list[Offload[Pseudonyms, Intake]], count: int) -> Offload[Pseudonyms, Intake]:
+    made.append(Offload(count, validate_fetched, SETTINGS.pseudonyms, Metrics()))
     return made[-1]
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
 def test_child_processes_give_what_the_worker_itself_gives(
-    offloads: list[Offload[Pseudonyms, Validated]], count: int
+    offloads: list[Offload[Pseudonyms, Intake]], count: int
 ) -> None:
-    records = _batch(1_234)
-    here = asyncio.run(validated(_offload(offloads, 0), records))
-    there = asyncio.run(validated(_offload(offloads, count), records))
+    batch = _batch(1_234)
+    records = batch.records
+    here = asyncio.run(validated(_offload(offloads, 0), batch.fetches))
+    there = asyncio.run(validated(_offload(offloads, count), batch.fetches))
     # Each piece is packed on its own, so compare the rows, not where the packs split.
     assert _rows(there) == _rows(here) and there[1] == here[1]
     rows, rejected = _rows(here), here[1]
     assert len(rows) + len(rejected) == len(records)  # every record: forwarded or rejected
-    assert {reason for _, reason, _ in rejected} == {"not_json", "unknown_category"}
+    assert {rejection[4] for rejection in rejected} == {"not_json", "unknown_category"}
+    # A rejection carries where its report came from and its original bytes.
+    refused = {(partition, offset) for partition, offset, *_ in rejected}
+    assert [
+        (r.partition, r.offset, None, r.value)
+        for r in records
+        if (r.partition, r.offset) in refused
+    ] == [rejection[:4] for rejection in rejected]
     # Order is kept: the rows follow the records, each ending with its input partition and
     # its offset there.
-    valid = [r for i, r in enumerate(records) if i not in {index for index, _, _ in rejected}]
+    valid = [r for r in records if (r.partition, r.offset) not in refused]
     assert [row[0] for row in rows] == [orjson.loads(r.value or b"")["report_id"] for r in valid]
     assert [row[-2:] for row in rows] == [[r.partition, r.offset] for r in valid]
 
 
-def _rows(result: Validated) -> list[list[object]]:
+def _rows(result: Intake) -> list[list[object]]:
     return [row for message in result[0] for row in orjson.loads(message)]
 
 
-def test_a_child_that_dies_costs_no_batch(offloads: list[Offload[Pseudonyms, Validated]]) -> None:
+def test_a_child_that_dies_costs_no_batch(offloads: list[Offload[Pseudonyms, Intake]]) -> None:
     offload = _offload(offloads, 1)
-    records = _batch(300)
+    records = _batch(300).fetches
     expected = asyncio.run(validated(_offload(offloads, 0), records))
     assert asyncio.run(validated(offload, records)) == expected  # the child is up
     (first,) = offload.pids
@@ -107,10 +125,10 @@ def test_a_child_that_dies_costs_no_batch(offloads: list[Offload[Pseudonyms, Val
 
 
 def test_a_child_that_does_not_answer_is_replaced(
-    offloads: list[Offload[Pseudonyms, Validated]],
+    offloads: list[Offload[Pseudonyms, Intake]],
 ) -> None:
     offload = _offload(offloads, 1)
-    records = _batch(300)
+    records = _batch(300).fetches
     expected = asyncio.run(validated(_offload(offloads, 0), records))
     assert asyncio.run(validated(offload, records)) == expected  # the child is up
     offload.timeout = 1.0  # not before: a spawned child takes about a second to start
@@ -231,7 +249,7 @@ def test_an_intake_process_uses_pythons_allocator_unless_an_operator_chose_one(
 
 
 def test_an_intake_process_is_renewed_once_it_is_idle_after_a_burst(
-    offloads: list[Offload[Pseudonyms, Validated]], monkeypatch: pytest.MonkeyPatch
+    offloads: list[Offload[Pseudonyms, Intake]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Python's allocator keeps an arena while one object in it lives, so an intake process
     that has had a burst is replaced once idle. It holds no state: the fresh one gives the
@@ -239,7 +257,7 @@ def test_an_intake_process_is_renewed_once_it_is_idle_after_a_burst(
     monkeypatch.setattr(offload_module, "RENEW_AFTER_BYTES", 1)
     monkeypatch.setattr(offload_module, "RENEW_IDLE", 0.2)
     offload = _offload(offloads, 1)
-    records = _batch(300)
+    records = _batch(300).fetches
     expected = asyncio.run(validated(_offload(offloads, 0), records))
 
     async def burst_then_idle() -> tuple[int, int]:
