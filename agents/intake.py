@@ -4,8 +4,9 @@ or reject them to the rejected topic with their reason and original bytes.
 Validation and pseudonymisation are stateless and most of a report's cost, so the agent
 hands each batch to the worker's intake processes (streams/offload.py) and the event loop
 meanwhile runs the resolve and graph agents: that is where a worker's second core goes.
-`validate_batch` (agents/children.py) is the one code path, in a child process or in the
-worker itself.
+The worker hands over the fetched bytes, not the reports (streams/fetched.py), and
+`validate_fetched` (agents/children.py) is the one code path that reads and validates
+them, in a child process or in the worker itself.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def make_intake(
         renewing = asyncio.ensure_future(offload.renew_when_idle())
         try:
             async for events in stream.take_events(TAKE, within=WITHIN):
-                # Each event is a fetched batch of one partition (streams/transport.py).
-                # Each is one `RawFetch` (streams/fetched.py): read in the intake process.
+                # Each event is one partition's fetch (streams/transport.py), a `RawFetch`
+                # whose records the intake process reads (streams/fetched.py).
                 fetches = [fetch for event in events for fetch in event.message.value]
                 identity, rejected = await validated(offload, fetches)
                 deliveries = []

@@ -15,7 +15,9 @@ and a `RawFetch` is one record of the fetched batch (streams/transport.py) with 
 offset of the fetch's last record and the newest timestamp of its last batch. Only the
 worker's own consumer reads raw: its value deserializer is a `RawTopics`, which names the
 topics (every other consumer in the process reads records as before), and only with
-`read_uncommitted` (linkwatch's; Faust asks for `read_committed` only in transactions).
+`read_uncommitted`: Faust asks for `read_committed` only for exactly-once processing, which
+linkwatch never sets (streams/app.py), and there aborted records must be left out record
+by record, which aiokafka's own reading does.
 """
 
 from __future__ import annotations
