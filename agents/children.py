@@ -30,6 +30,7 @@ from streams.settings import Settings
 __all__ = [
     "PACK",
     "Intake",
+    "Refused",
     "Resolved",
     "Resolvers",
     "Validated",
@@ -77,9 +78,11 @@ def validate_batch(
     return [orjson.dumps(pack) for pack in packs(rows)], rejected
 
 
+# A rejected report of a fetch: (input partition, offset, key, original value, reason, detail).
+Refused = tuple[int, int, bytes | None, bytes | None, str, str]
 # What the fetches of a batch become: the identity topic's messages (as `validate_batch`'s)
-# and each rejection as (input partition, offset, key, original value, reason, detail).
-Intake = tuple[list[bytes], list[tuple[int, int, bytes | None, bytes | None, str, str]]]
+# and the rejections.
+Intake = tuple[list[bytes], list[Refused]]
 
 
 def validate_fetched(fetches: Sequence[Fetched], pseudonyms: Pseudonyms) -> Intake:

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agents.children import Intake, Validated, validate_batch, validate_fetched
+from agents.children import Intake, Refused, validate_batch, validate_fetched
 from agents.replay import TAKE, WITHIN, Send
 from graph.identity import Pseudonyms
 from streams.fetched import Fetched, RawFetch
@@ -23,7 +23,7 @@ from streams.metrics import Metrics
 from streams.offload import Offload
 from streams.settings import Settings
 
-__all__ = ["Intake", "Validated", "make_intake", "validate_batch", "validate_fetched", "validated"]
+__all__ = ["Intake", "make_intake", "validate_batch", "validate_fetched", "validated"]
 
 
 def make_intake(
@@ -42,8 +42,8 @@ def make_intake(
                 identity, rejected = await validated(offload, fetches)
                 deliveries = []
                 for rejection in rejected:
-                    metrics.reject(rejection[4])
-                    deliveries.append(await send(*_rejection(settings, *rejection)))
+                    metrics.reject(rejection[4])  # its reason
+                    deliveries.append(await send(*_rejection(settings, rejection)))
                 timestamp = events[0].message.timestamp if events else None
                 for message in identity:
                     deliveries.append(
@@ -88,22 +88,15 @@ def _pieces(fetches: list[Fetched], count: int) -> list[Piece]:
 def _joined(results: list[Intake]) -> Intake:
     """The pieces' results as one batch's, in order."""
     identity: list[bytes] = []
-    rejected: list[tuple[int, int, bytes | None, bytes | None, str, str]] = []
+    rejected: list[Refused] = []
     for messages, rejections in results:
         identity += messages
         rejected += rejections
     return identity, rejected
 
 
-def _rejection(
-    settings: Settings,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    reason: str,
-    detail: str,
-) -> tuple[Any, ...]:
+def _rejection(settings: Settings, rejection: Refused) -> tuple[Any, ...]:
+    partition, offset, key, value, reason, detail = rejection
     headers = [
         ("linkwatch.reason", reason.encode()),
         ("linkwatch.detail", detail.encode("utf-8", "replace")),
