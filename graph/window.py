@@ -21,6 +21,7 @@ from typing import Any
 from graph.aliases import Link, opener_of
 from graph.compact import right_sized
 from graph.contract import Report
+from graph.forwards import Forwards
 from graph.raised import RaisedAlerts
 from graph.rules import Alert, CrossRegionRule, describe
 
@@ -385,7 +386,7 @@ class RollingGraph:
         # an actor expires or merges, so that an alert id is never raised twice.
         self._raised = RaisedAlerts()
         # Actors merged away on this partition, and the actor each now lives in.
-        self._forward: dict[str, str] = {}
+        self._forward = Forwards()
         # (an actor's earliest last_seen when pushed, actor_id): checked lazily.
         self._expiry: list[tuple[float, str]] = []
         self.pinned: Container[str] = frozenset()
@@ -496,7 +497,7 @@ class RollingGraph:
         """Remove actor `absorbed` (merged into `into`); returns its state to absorb there."""
         if watermark is not None:
             self._advance(absorbed, watermark)
-        self._forward[absorbed] = into
+        self._forward.set(absorbed, into)
         actor = self._actors.pop(absorbed, None)
         if actor is None:
             return None
@@ -671,6 +672,7 @@ class RollingGraph:
         if not behind:
             self._actors = right_sized(self._actors)
             self._raised.fold()
+            self._forward.fold()
         return behind
 
     def _expire_actor(self, actor_id: str, cutoff: float) -> None:
