@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,6 +26,14 @@ from streams.settings import Settings, SettingsError
 __all__ = ["main"]
 
 log = logging.getLogger("linkwatch")
+
+# Seconds a worker asked to stop (SIGTERM, Ctrl-C) has to do so before it exits at once.
+# Faust's stop waits on the broker (the consumer's commit and leave, the producer's flush),
+# so a worker whose broker had gone was still running 120 s after SIGTERM (session 16), and
+# only a SIGKILL ended it. Exiting is safe: what it had not committed is read again
+# (at-least-once; README, "Reliability"). Under Kubernetes it comes before the pod's
+# grace period (deploy/k8s: 60 s) ends in a SIGKILL.
+STOP_DEADLINE = 30.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,7 +270,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             f"http://{settings.web_host}:{settings.web_port}/metrics; Ctrl-C stops",
             flush=True,
         )
-        _start_worker(app, args.loglevel)
+        _start_worker(app, args.loglevel, broker.stop if broker is not None else None)
     finally:
         if broker is not None:
             broker.stop()
@@ -268,10 +278,26 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_worker(app: Any, loglevel: str) -> None:
+def _start_worker(
+    app: Any, loglevel: str, before_giving_up: Callable[[], object] | None = None
+) -> None:
+    """Run the worker until it is stopped; `before_giving_up` runs if a stop takes past
+    STOP_DEADLINE, before the process exits (`linkwatch run` stops its embedded broker)."""
     from faust.worker import Worker
 
-    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    class _Worker(Worker):
+        """Faust's worker, which exits at once if a signal's stop takes past STOP_DEADLINE."""
+
+        async def _stop_on_signal(self, signal: Any) -> None:
+            timer = threading.Timer(STOP_DEADLINE, _give_up_stopping, [before_giving_up])
+            timer.daemon = True
+            timer.start()
+            try:
+                await super()._stop_on_signal(signal)
+            finally:
+                timer.cancel()
+
+    worker = _Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     if not sys.stdout.isatty():
         worker.spinner = None  # its cursor codes only clutter a log file or a pipe
     try:
@@ -279,6 +305,20 @@ def _start_worker(app: Any, loglevel: str) -> None:
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise
+
+
+def _give_up_stopping(before: Callable[[], object] | None) -> None:
+    log.error(
+        "the worker did not stop within %.0f s of being asked to (is the broker gone?): "
+        "exiting now; what it had not committed will be read again",
+        STOP_DEADLINE,
+    )
+    try:
+        if before is not None:
+            before()
+    finally:
+        logging.shutdown()
+        os._exit(1)
 
 
 def _push(settings: Settings, args: argparse.Namespace) -> int:

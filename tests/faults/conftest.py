@@ -86,6 +86,14 @@ class OrderedDeployment(Deployment):
         create_topics(self.settings)  # the others; the reports topic is left as it is
 
 
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker for this test alone, on a fixed port, so that it can restart on that port
+    or stop under its workers."""
+    with EmbeddedBroker(free_port(), log=tmp_path / "tansu.log") as running:
+        yield running
+
+
 def push_in_background(
     deployment: Deployment, lines: list[bytes], name: str
 ) -> subprocess.Popen[bytes]:

@@ -5,7 +5,6 @@ for the rest) the alerts and the snapshot are a reference run's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from tests.faults.conftest import (
     Stream,
     Worker,
     converge,
-    free_port,
     processed,
     wait_until,
 )
@@ -44,13 +42,6 @@ def serial_actor(name: str, regions: int) -> list[dict[str, Any]]:
 
 def lines(reports: list[dict[str, Any]]) -> list[bytes]:
     return [orjson.dumps(report) for report in reports]
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A broker for this test alone, on a fixed port, so that it can restart on that port."""
-    with EmbeddedBroker(free_port(), log=tmp_path / "tansu.log") as running:
-        yield running
 
 
 def post_when_possible(worker: Worker, key: str, reports: list[dict[str, Any]]) -> None:
