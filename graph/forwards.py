@@ -21,16 +21,9 @@ from __future__ import annotations
 import bisect
 from array import array
 
+from graph.raised import actor_hash, worth_folding
+
 __all__ = ["Forwards"]
-
-_HASH_BITS = (1 << 64) - 1
-# Forwards folded at once, at least: folding rewrites the block, so it waits for this many,
-# or for an eighth of what the block holds, whichever is more (amortised O(1) a forward).
-_FOLD_AT_LEAST = 64
-
-
-def _key(actor_id: str) -> int:
-    return hash(actor_id) & _HASH_BITS  # str hashes are cached: no work per lookup
 
 
 class Forwards:
@@ -55,14 +48,14 @@ class Forwards:
     def fold(self) -> None:
         """Move the dict's forwards into the block, once they are enough to be worth it."""
         recent = self._recent
-        if len(recent) < max(_FOLD_AT_LEAST, len(self._hashes) // 8):
+        if not worth_folding(len(recent), len(self._hashes)):
             return
         forwards: list[tuple[int, bytes, bytes]] = []
         for index in range(len(self._hashes)):
             absorbed, into = self._forward(index)
             if absorbed.decode() not in recent:  # else the dict's forward replaces it
                 forwards.append((self._hashes[index], absorbed, into))
-        forwards += [(_key(absorbed), absorbed.encode(), into.encode())
+        forwards += [(actor_hash(absorbed), absorbed.encode(), into.encode())
                      for absorbed, into in recent.items()]  # fmt: skip
         forwards.sort()
         ids = bytearray()
@@ -86,7 +79,7 @@ class Forwards:
         hashes = self._hashes
         if not hashes:
             return None
-        key, encoded = _key(absorbed), absorbed.encode()
+        key, encoded = actor_hash(absorbed), absorbed.encode()
         index = bisect.bisect_left(hashes, key)
         while index < len(hashes) and hashes[index] == key:
             merged_away, into = self._forward(index)

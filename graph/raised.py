@@ -22,17 +22,23 @@ from __future__ import annotations
 import bisect
 from array import array
 
-__all__ = ["RaisedAlerts"]
+__all__ = ["FOLD_AT_LEAST", "RaisedAlerts", "actor_hash", "worth_folding"]
 
 _BRIGADE = 1 << 31  # the flag for "a brigade alert was raised"; the serial level below it
 _HASH_BITS = (1 << 64) - 1
-# Entries folded at once, at least: folding rewrites the arrays, so it waits for this many,
-# or for an eighth of what the arrays hold, whichever is more (amortised O(1) an entry).
-_FOLD_AT_LEAST = 64
+FOLD_AT_LEAST = 64  # entries folded at once, at least (`worth_folding`)
 
 
-def _key(actor_id: str) -> int:
-    return hash(actor_id) & _HASH_BITS  # str hashes are cached: no work per lookup
+def actor_hash(actor_id: str) -> int:
+    """A 64-bit hash of an actor id, for this process only (what outlives the window is
+    rebuilt by replay, never stored): str hashes are cached, so no work per lookup."""
+    return hash(actor_id) & _HASH_BITS
+
+
+def worth_folding(recent: int, folded: int) -> bool:
+    """Whether `recent` entries kept as objects are worth rewriting a block of `folded`
+    for: at least FOLD_AT_LEAST, and an eighth of the block (amortised O(1) an entry)."""
+    return recent >= max(FOLD_AT_LEAST, folded // 8)
 
 
 class RaisedAlerts:
@@ -60,12 +66,13 @@ class RaisedAlerts:
     def fold(self) -> None:
         """Move the dict's entries into the arrays, once they are enough to be worth it."""
         recent, keys, values = self._recent, self._keys, self._values
-        if len(recent) < max(_FOLD_AT_LEAST, len(keys) // 8):
+        if not worth_folding(len(recent), len(keys)):
             return
         merged_keys: array[int] = array("Q")
         merged_values: array[int] = array("I")
         start = 0
-        for key, value in sorted((_key(actor_id), value) for actor_id, value in recent.items()):
+        entries = sorted((actor_hash(actor_id), value) for actor_id, value in recent.items())
+        for key, value in entries:
             end = bisect.bisect_left(keys, key, start)
             merged_keys.extend(keys[start:end])
             merged_values.extend(values[start:end])
@@ -85,6 +92,6 @@ class RaisedAlerts:
         keys = self._keys
         if not keys:
             return 0
-        key = _key(actor_id)
+        key = actor_hash(actor_id)
         index = bisect.bisect_left(keys, key)
         return self._values[index] if index < len(keys) and keys[index] == key else 0
