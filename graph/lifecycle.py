@@ -7,6 +7,7 @@ holds the same book. Applying the same events in the same order gives the same s
 
 from __future__ import annotations
 
+import zlib
 from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -51,6 +52,48 @@ class _Column:
     def __getitem__(self, position: int) -> bytes:
         start = self._ends[position - 1] if position else 0
         return bytes(self._data[start : self._ends[position]])
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+
+class _Packed:
+    """Strings, one per alert, compressed a block of `BLOCK` at a time once the block is
+    full: an alert's JSON repeats its keys, its actor's accounts and the platforms' report
+    id prefixes, and 32 of them take a fifth of the room compressed (measured on the
+    bench's alerts: 1.4 KB each, 5.5x smaller at zlib's level 1, 7.3x at its default 6 for
+    twice the time). The block being filled stays as it is; the block read last is kept
+    decompressed, since a query reads neighbouring alerts."""
+
+    BLOCK = 32
+    LEVEL = 1  # zlib's fastest: compressing is on the worker's event loop
+
+    __slots__ = ("_blocks", "_ends", "_last", "_open")
+
+    def __init__(self) -> None:
+        self._blocks = _Column()  # each full block, compressed
+        self._open = bytearray()  # the block being filled
+        self._ends = array("L")  # where each string ends inside its block
+        self._last: tuple[int, bytes] = (-1, b"")  # the block read last, decompressed
+
+    def append(self, value: bytes) -> None:
+        self._open += value
+        self._ends.append(len(self._open))
+        if len(self._ends) % self.BLOCK == 0:
+            self._blocks.append(zlib.compress(self._open, self.LEVEL))
+            self._open = bytearray()
+
+    def __getitem__(self, position: int) -> bytes:
+        block, first = divmod(position, self.BLOCK)
+        start = self._ends[position - 1] if first else 0
+        return bytes(self._block(block)[start : self._ends[position]])
+
+    def _block(self, block: int) -> bytes | bytearray:
+        if block == len(self._blocks):
+            return self._open
+        if self._last[0] != block:
+            self._last = (block, zlib.decompress(self._blocks[block]))
+        return self._last[1]
 
 
 class _Sets:
@@ -135,12 +178,14 @@ class AlertBook:
     pinned the pages the window's expired edges had shared with them (README,
     "Performance", changes 17 and 18). Decoded, an alert was about 4.8 KB of small
     objects; then its JSON bytes and a few fields as objects of their own (about seven
-    per alert). Now each alert is its JSON bytes in one column, and what the queue
-    filters and sorts on in arrays beside it; its lifecycle history is kept as objects
-    only once a responder has acted on it."""
+    per alert). Now each alert is its JSON bytes in one column, compressed 32 alerts at a
+    time (a fifth of the room: the bench's 20,000 alerts took 25 MB of the worker's memory
+    after expiry as plain JSON; change 28), and what the queue filters and sorts on is in
+    arrays beside it; its lifecycle history is kept as objects only once a responder has
+    acted on it."""
 
     def __init__(self) -> None:
-        self._raw = _Column()  # each alert's JSON
+        self._raw = _Packed()  # each alert's JSON
         self._ids = _Column()  # each alert's id, UTF-8
         self._raised = _Column()  # each alert's raised_at as text: the queue sorts on it
         self._index = _Index(self._ids)

@@ -151,3 +151,30 @@ def test_the_book_holds_its_alerts_in_a_few_blocks_however_many() -> None:
             tracemalloc.stop()
 
     assert blocks(1_000) - blocks(100) < 20
+
+
+def test_the_book_keeps_its_alerts_compressed_and_reads_each_back_as_it_came() -> None:
+    """The worker keeps every alert it follows: as plain JSON, the bench's 20,000 alerts were
+    25 MB of what it held after expiry (change 28). Every alert reads back whole, from a
+    full block or from the one being filled, in any order."""
+    count = 3 * 32 + 5  # full blocks, and some in the block being filled
+    documents = [orjson.dumps(_alert(number)) for number in range(count)]
+
+    def book() -> AlertBook:
+        made = AlertBook()
+        for document in documents:
+            made.add_alert(orjson.loads(document))
+        return made
+
+    made, held = _allocated(book)
+    assert isinstance(made, AlertBook)
+    assert held < sum(len(document) for document in documents) / 2
+    for number in [*range(count - 1, -1, -7), 0, count - 1, 33, 1]:
+        view = made.view(f"alert-{number}")
+        assert orjson.dumps({k: v for k, v in view.items() if k != "status"}) == documents[number]
+        assert view["status"]["state"] == "open"
+    listed, total = made.query(limit=count)
+    assert total == count
+    assert sorted(alert["alert_id"] for alert in listed) == sorted(
+        f"alert-{number}" for number in range(count)
+    )
