@@ -167,3 +167,35 @@ def test_a_split_heap_keeps_state_off_pymalloc_and_gives_the_same_records() -> N
 def test_a_heap_is_split_only_when_asked_and_possible(environment: dict[str, str]) -> None:
     script = "from streams import memory\nwith memory.transient(): pass\nprint(memory.split_heap())"
     assert _python(script, environment).stdout.strip() == "False"
+
+
+_FREE_LISTS = """
+import gc
+from streams import memory
+
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+gc.disable()  # a full collection would empty the free lists by itself
+memory.release()  # the tuple free list starts empty
+tuples, pages = [], []
+for _ in range(20_000):  # a one-tuple, then a page's worth of something else
+    tuples.append(tuple([None]))
+    pages.append(bytes(4000))
+for number in range(0, 20_000, 10):  # 2,000 tuples, ten pages apart, freed first:
+    tuples[number] = None  # they fill the free list of one-tuples
+del tuples, pages  # everything else is freed
+memory._trim(0)
+kept = rss()
+memory.release()
+print(kept, rss())
+"""
+
+
+def test_release_empties_pythons_free_lists_whose_objects_each_hold_a_page() -> None:
+    """CPython keeps up to 2,000 freed tuples of each length for reuse, each where it was
+    made. After expiry they held a page each: 28 MB of the worker after the bench's slide,
+    which `malloc_trim` alone could not give back (session 17)."""
+    kept, released = map(int, _python(_FREE_LISTS, {"PYTHONMALLOC": "malloc"}).stdout.split())
+    assert kept - released > 2_000 * 4096 / 2
