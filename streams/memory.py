@@ -210,8 +210,10 @@ def release() -> None:
     lists, dicts and contexts. Each stays where it was made, so once expiry had freed the
     state around them, each held a page on its own: about 9,000 tuples held 28 MB of the
     worker after the bench's slide, more than any state it keeps (session 17). Only a full
-    collection empties them. What has survived so far is frozen first (`freeze`, as every
-    FREEZE_EVERY seconds), so the collection walks nothing and costs nothing."""
+    collection empties them. What has survived so far is frozen first (`freeze`, as the
+    worker and the resolver process do every FREEZE_EVERY seconds anyway), so the
+    collection walks nothing and costs nothing; cyclic garbage pending then is frozen with
+    the rest, as at every freeze (there is little: see `freeze`)."""
     if _trim is not None:
         freeze()
         gc.collect()
