@@ -179,10 +179,10 @@ class AlertBook:
     "Performance", changes 17 and 18). Decoded, an alert was about 4.8 KB of small
     objects; then its JSON bytes and a few fields as objects of their own (about seven
     per alert). Now each alert is its JSON bytes in one column, compressed 32 alerts at a
-    time (a fifth of the room: the bench's 20,000 alerts took 25 MB of the worker's memory
-    after expiry as plain JSON; change 28), and what the queue filters and sorts on is in
-    arrays beside it; its lifecycle history is kept as objects only once a responder has
-    acted on it."""
+    time (a fifth of the room: as plain JSON, the 15,000-20,000 alerts of the bench's
+    phases were 22-25 MB of the worker's memory after expiry; change 28), and what the
+    queue filters and sorts on is in arrays beside it; its lifecycle history is kept as
+    objects only once a responder has acted on it."""
 
     def __init__(self) -> None:
         self._raw = _Packed()  # each alert's JSON
