@@ -30,7 +30,7 @@ from streams.kafka import create_topics, partition_count, read_partitions
 from streams.keys import KeyRing
 from streams.metrics import Metrics
 from streams.settings import Settings
-from streams.shared import Directory, Followed
+from streams.shared import FOLLOW_FETCH_WAIT_MS, Directory, Followed
 from streams.transport import LinkwatchApp, restart_in_place
 
 __all__ = ["build_app"]
@@ -261,7 +261,10 @@ def build_app(
 
         async def print_alerts() -> None:
             async for records in read_partitions(
-                settings.bootstrap, settings.alerts_topic, follow=True
+                settings.bootstrap,
+                settings.alerts_topic,
+                follow=True,
+                fetch_wait_ms=FOLLOW_FETCH_WAIT_MS,
             ):
                 for record in records:
                     show(orjson.loads(record.value))

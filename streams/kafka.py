@@ -97,6 +97,7 @@ async def read_partitions(
     follow: bool = False,
     caught_up: asyncio.Event | None = None,
     stall_timeout: float = 30.0,
+    fetch_wait_ms: int = FETCH_MAX_WAIT_MS,
 ) -> AsyncIterator[list[Any]]:
     """Yield batches of records from `topic`, without a consumer group.
 
@@ -105,14 +106,15 @@ async def read_partitions(
     comes back empty, because a broker (Tansu's memory engine, measured) may report a
     partition's end too low. With `follow` it never stops, and sets `caught_up` once it has
     read what was there when it started; a partition whose log was replaced (`LogStarts`)
-    is read again from its start.
+    is read again from its start. `fetch_wait_ms` is how long the broker may hold an
+    empty fetch (`Followed` waits longer than the pipeline: streams/shared.py).
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=fetch_wait_ms,
     )
     try:
         await consumer.start()
