@@ -26,11 +26,11 @@ from graph.lifecycle import AlertBook
 from streams import memory
 from streams.api import Api
 from streams.journal import IntakeJournal
-from streams.kafka import create_topics, partition_count, read_partitions
+from streams.kafka import create_topics, partition_count
 from streams.keys import KeyRing
 from streams.metrics import Metrics
 from streams.settings import Settings
-from streams.shared import FOLLOW_FETCH_WAIT_MS, Directory, Followed
+from streams.shared import Directory, Followed
 from streams.transport import LinkwatchApp, restart_in_place
 
 __all__ = ["build_app"]
@@ -184,9 +184,15 @@ def build_app(
 
     keys, book = KeyRing(), AlertBook()
     directory = Directory(worker_id=uuid.uuid4().hex[:12])
+
+    def on_alert(alert: dict[str, Any]) -> None:
+        book.add_alert(alert)
+        if console is not None:  # all-in-one mode prints each alert as the book takes it
+            console(alert)
+
     followed = [
         Followed(settings.bootstrap, settings.keys_topic, keys.apply),
-        Followed(settings.bootstrap, settings.alerts_topic, book.add_alert),
+        Followed(settings.bootstrap, settings.alerts_topic, on_alert),
         Followed(settings.bootstrap, settings.alert_events_topic, book.apply_event),
         Followed(settings.bootstrap, settings.workers_topic, directory.apply),
     ]
@@ -255,21 +261,6 @@ def build_app(
                 "resolver": bool(resolve.partitions.owned),
             }
         )
-
-    if console is not None:
-        show = console
-
-        async def print_alerts() -> None:
-            async for records in read_partitions(
-                settings.bootstrap,
-                settings.alerts_topic,
-                follow=True,
-                fetch_wait_ms=FOLLOW_FETCH_WAIT_MS,
-            ):
-                for record in records:
-                    show(orjson.loads(record.value))
-
-        app.task(print_alerts)
 
     if demo:
         messages = list(demo)
