@@ -14,17 +14,14 @@ from pathlib import Path
 __all__ = ["IntakeJournal"]
 
 
+# How long opening the journal waits for other workers sharing it, in seconds.
+OPEN_PATIENCE = 30.0
+
+
 class IntakeJournal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS accepted ("
-            " platform TEXT NOT NULL, report_id TEXT NOT NULL, accepted_at REAL NOT NULL,"
-            " body BLOB NOT NULL, PRIMARY KEY (platform, report_id))"
-        )
+        self._db = _open(path)
 
     def known(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (platform, report_id) pairs were accepted before."""
@@ -68,3 +65,31 @@ class IntakeJournal:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The journal's connection, in WAL mode, its table made.
+
+    Workers sharing a data dir share the journal, and they often start together. Turning a
+    new file to WAL takes every lock, and when two connections both hold a shared lock and
+    both want that, SQLite answers one of them "database is locked" at once instead of
+    waiting (waiting would deadlock), so its worker died at startup (seen in the bench's
+    two workers; `tests/unit/test_journal.py`). That answer is retried from a new
+    connection until `OPEN_PATIENCE`; a lock held by a write is waited for by SQLite itself."""
+    deadline = time.monotonic() + OPEN_PATIENCE
+    while True:
+        db = sqlite3.connect(path, check_same_thread=False, timeout=OPEN_PATIENCE)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS accepted ("
+                " platform TEXT NOT NULL, report_id TEXT NOT NULL, accepted_at REAL NOT NULL,"
+                " body BLOB NOT NULL, PRIMARY KEY (platform, report_id))"
+            )
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
