@@ -75,10 +75,11 @@ def _open(path: Path) -> sqlite3.Connection:
     both want that, SQLite answers one of them "database is locked" at once instead of
     waiting (waiting would deadlock), so its worker died at startup (seen in the bench's
     two workers; `tests/unit/test_journal.py`). That answer is retried from a new
-    connection until `OPEN_PATIENCE`; a lock held by a write is waited for by SQLite itself."""
+    connection until `OPEN_PATIENCE`. A lock held by a write is waited for by SQLite itself,
+    for its default 5 s: the API writes on the event loop, so no longer than before."""
     deadline = time.monotonic() + OPEN_PATIENCE
     while True:
-        db = sqlite3.connect(path, check_same_thread=False, timeout=OPEN_PATIENCE)
+        db = sqlite3.connect(path, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
