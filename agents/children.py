@@ -114,9 +114,10 @@ class Resolved(NamedTuple):
     erased: list[str | None]  # the actor of each erasure applied (None: not an offender)
     errors: list[str]  # what could not be read
     accounts: int  # accounts the resolver holds now; -1: not known (nothing was resolved)
+    redelivered: int  # reports resolved before, sent again by intake (`route_rows`)
 
 
-_NOTHING = Resolved([], [], [], [], -1)
+_NOTHING = Resolved([], [], [], [], -1, 0)
 
 
 class Resolvers:
@@ -171,7 +172,7 @@ class Resolvers:
                       for target, entries in sorted(routed.entries.items())
                       for pack in packs(entries)]  # fmt: skip
             return Resolved(packed, routed.hubs, routed.erased, routed.errors,
-                            state.resolver.accounts)  # fmt: skip
+                            state.resolver.accounts, routed.redelivered)  # fmt: skip
 
     def forget_some(self, live: list[tuple[int, int]]) -> tuple[bool, int]:
         """A step of retention (`AliasResolver.forget_some`) for the states still owned,

@@ -133,6 +133,9 @@ class ResolveStage:
             log.info("erasure applied (actor %s)", actor_id or "none: not an offender here")
         if resolved.accounts >= 0:
             metrics.accounts.set(resolved.accounts)
+        if resolved.redelivered:
+            # Counted where a redelivered report used to reach the graph's own check.
+            metrics.reports.labels(outcome="duplicate").inc(resolved.redelivered)
         sends = []
         for signal, fingerprint, accounts in resolved.hubs:
             metrics.hubs.labels(signal=signal).inc()

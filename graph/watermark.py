@@ -47,6 +47,12 @@ class LowWatermark:
         self._sequence = 0
         self._settled_until = 0
 
+    def seen(self, source: int, offset: int) -> bool:
+        """Whether the report at `offset` of input partition `source` was counted before:
+        at or below the highest offset counted from it, a redelivery. A report without an
+        offset (-1) never was."""
+        return 0 <= offset <= self._offsets.get(source, -1)
+
     def observe(self, source: int, event_time: float, offset: int = -1) -> float:
         """Count one report from input partition `source`; returns the watermark.
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from streams.broker import EmbeddedBroker
 from streams.kafka import create_topics, read_partitions
@@ -25,6 +27,12 @@ from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 _namespaces = itertools.count(1)
+
+
+class _AsFaust(RoundRobinPartitionAssignor):
+    """A member may join the workers' group only under the protocol they use: Faust's."""
+
+    name = "faust"
 
 
 def free_port() -> int:
@@ -222,6 +230,33 @@ class Deployment:
             ]
 
         return asyncio.run(collect())
+
+    def rewind(self, topic: str) -> None:
+        """Set the workers' committed offsets on `topic` back to 0, as if they had committed
+        none of it (as a SIGKILL before the first commit leaves them). No worker may run:
+        this joins the workers' consumer group, and the broker gives it every partition
+        once the last worker's session has timed out."""
+
+        async def commit() -> None:
+            consumer = AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=self.settings.bootstrap,
+                group_id=self.settings.namespace,  # Faust's group is the app id, the namespace
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                partition_assignment_strategy=(_AsFaust,),
+            )
+            await consumer.start()
+            try:
+                deadline = time.monotonic() + 60
+                while len(consumer.assignment()) < self.settings.partitions:
+                    assert time.monotonic() < deadline, "the group never came to this member"
+                    await consumer.getmany(timeout_ms=500)
+                await consumer.commit(dict.fromkeys(consumer.assignment(), 0))
+            finally:
+                await consumer.stop()
+
+        asyncio.run(commit())
 
     def close(self) -> None:
         for worker in self.workers:
