@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,12 +29,20 @@ from agents.children import Resolved, Resolvers, on_resolvers
 from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send
 from streams import memory
 from streams.metrics import Metrics
-from streams.offload import StateProcess
+from streams.offload import RENEW_EVERY, RENEW_IDLE, StateProcess
 from streams.settings import Settings
 
 __all__ = ["ResolveStage", "Resolved", "Resolvers", "make_resolve_agent"]
 
 log = logging.getLogger(__name__)
+
+# A resolver process whose state has shrunk to under 1/RENEW_SHRUNK of the most it held,
+# from at least RENEW_FROM accounts, hands the state to a fresh process once no identity
+# message has come for RENEW_IDLE seconds (at most once per RENEW_EVERY): the old heap's
+# pages, each kept by a few survivors of the state that was, go back whole
+# (`StateProcess.renew`). The state moves as a pickle, the stream held meanwhile.
+RENEW_FROM = 20_000
+RENEW_SHRUNK = 8
 
 
 @dataclass(slots=True)
@@ -69,6 +78,9 @@ class ResolveStage:
         # it: a state being rebuilt by replay is not in `partitions` yet, and must live.
         self._newest: dict[int, int] = {}
         self._sending: asyncio.Future[None] | None = None  # the last message's sends made
+        self._applied_at = time.monotonic()  # when the last identity message came
+        self._renewed_at = time.monotonic()
+        self._most_held = 0  # accounts, since the resolver process started
         self.partitions: PartitionedState[_Handle] = PartitionedState(
             settings.bootstrap, settings.identity_topic, self._create, self._apply
         )
@@ -81,7 +93,23 @@ class ResolveStage:
                 if partition in owned]  # fmt: skip
         behind, accounts = await self.state.call("forget_some", live)
         self.metrics.accounts.set(accounts)
+        self._most_held = max(self._most_held, accounts)
+        if not behind and self._renewal_due(accounts):
+            self._renewed_at = time.monotonic()
+            if await self.state.renew(("export",), ("restore",)):
+                log.info("the resolver's state moved to a fresh process (%d accounts, from "
+                         "%d at most)", accounts, self._most_held)  # fmt: skip
+                self._most_held = accounts
         return bool(behind)
+
+    def _renewal_due(self, accounts: int) -> bool:
+        now = time.monotonic()
+        return (
+            self._most_held >= RENEW_FROM
+            and accounts * RENEW_SHRUNK < self._most_held
+            and now - self._applied_at >= RENEW_IDLE
+            and now - self._renewed_at >= RENEW_EVERY
+        )
 
     def close(self) -> None:
         self.state.close()
@@ -99,6 +127,7 @@ class ResolveStage:
         sends what it resolves to, once it is back, after what the messages before it sent
         (the resolver answers in order), and completes when Kafka has all of it. So a
         batch's messages are resolved back to back, with one wait for the lot."""
+        self._applied_at = time.monotonic()
         answer = self.state.submit("apply", partition, handle.generation, message.value, replaying)
         timestamp = getattr(message, "timestamp", None)
         after, self._sending = self._sending, asyncio.get_running_loop().create_future()
@@ -133,6 +162,7 @@ class ResolveStage:
             log.info("erasure applied (actor %s)", actor_id or "none: not an offender here")
         if resolved.accounts >= 0:
             metrics.accounts.set(resolved.accounts)
+            self._most_held = max(self._most_held, resolved.accounts)
         if resolved.redelivered:
             # Counted where a redelivered report used to reach the graph's own check.
             metrics.reports.labels(outcome="duplicate").inc(resolved.redelivered)

@@ -149,6 +149,15 @@ class _Value:
         self.accounts: str | dict[str, float] = account
         self.seen = moment
 
+    # Pickled when a resolver process hands its state on (`AliasResolver.__reduce__`).
+    def __reduce__(self) -> tuple[Any, ...]:
+        if isinstance(self.accounts, str):
+            return (_Value, (self.accounts, self.seen))
+        return (_Value, ("", self.seen), self.accounts)
+
+    def __setstate__(self, accounts: dict[str, float]) -> None:
+        self.accounts = accounts
+
     def use(self, account: str, moment: float) -> bool:
         """Record that `account` used the value at `moment`; True if it never had."""
         accounts = self.accounts
@@ -198,6 +207,13 @@ class _Root:
         self.seen = seen  # the newest report time of any of its accounts
         self.members: list[str] | None = None  # the other accounts merged into it
 
+    # Pickled when a resolver process hands its state on (`AliasResolver.__reduce__`).
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Root, (self.account, self.actor_id, self.order, self.seen), self.members)
+
+    def __setstate__(self, members: list[str] | None) -> None:
+        self.members = members
+
 
 class AliasResolver:
     """Union-find over offender accounts, with retention.
@@ -245,6 +261,22 @@ class AliasResolver:
         # accounts; meanwhile `resolve` treats a stale actor as forgotten).
         self._roots_retiring: deque[str] = deque()
         self._values_retiring: deque[str] = deque()
+
+    # Pickled whole when a resolver process hands its state to a fresh one, whose heap
+    # holds only what is live (streams/offload.py:StateProcess.renew). A compiled class
+    # cannot be made without its arguments, so it says how to make it and what to set
+    # then; `tests/unit/test_state_process.py` checks that a copy goes on as the original.
+    def __reduce__(self) -> tuple[Any, ...]:
+        made = (self.secret, self.max_accounts_per_signal, self.link_by_text, self.window_seconds)
+        state = (self._parent, self._values, self._hubs, self._order, self.watermark,
+                 self._roots_due, self._values_due, self._checked_below,
+                 self._roots_retiring, self._values_retiring)  # fmt: skip
+        return (AliasResolver, made, state)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self._parent, self._values, self._hubs, self._order, self.watermark,
+         self._roots_due, self._values_due, self._checked_below,
+         self._roots_retiring, self._values_retiring) = state  # fmt: skip
 
     @property
     def accounts(self) -> int:

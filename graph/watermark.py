@@ -29,6 +29,7 @@ the crash, in the same order.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 __all__ = ["LowWatermark"]
 
@@ -46,6 +47,16 @@ class LowWatermark:
         self._offsets: dict[int, int] = {}
         self._sequence = 0
         self._settled_until = 0
+
+    # Pickled when a resolver process hands its state on (`AliasResolver.__reduce__`).
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = (self.value, self._newest, self._last_seen, self._offsets, self._sequence,
+                 self._settled_until)  # fmt: skip
+        return (LowWatermark, (1, self.active_within), state)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.value, self._newest, self._last_seen, self._offsets, self._sequence,
+         self._settled_until) = state  # fmt: skip
 
     def seen(self, source: int, offset: int) -> bool:
         """Whether the report at `offset` of input partition `source` was counted before:

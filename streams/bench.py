@@ -323,9 +323,10 @@ def rss_after_expiry(settings: Settings, worker: WorkerProcess) -> dict[str, int
 
     At rest: an intake process that had a burst holds its pages until the worker replaces
     it, once idle for RENEW_IDLE seconds and at most once every RENEW_EVERY
-    (streams/offload.py). Measured as soon as the edges were gone, the figure depended on
-    where the last renewal fell: up to 37 MB more, an old intake process with the burst's
-    pages beside its starting successor (session 16)."""
+    (streams/offload.py), and so does the resolver process, whose state moves to a fresh
+    one once it has shrunk (agents/resolve.py). Measured as soon as the edges were gone,
+    the figure depended on where the last renewal fell: up to 37 MB more, an old intake
+    process with the burst's pages beside its starting successor (session 16)."""
     before = worker.processed()
     pids = set(children_of(worker.process.pid).values())
     sent = asyncio.run(_send_late(settings, 16))
@@ -336,12 +337,14 @@ def rss_after_expiry(settings: Settings, worker: WorkerProcess) -> dict[str, int
         if done >= before + sent and metrics.get("linkwatch_live_edges", math.inf) <= sent:
             break
         time.sleep(0.5)
-    # Until an intake process has been replaced (a new pid, started), or long enough that
-    # none is due: the renewal's limits, and the time a fresh process takes to start.
+    # Until an intake process and the resolver process have been replaced (new pids,
+    # started), or long enough that none is due: the renewals' limits, and the time a
+    # fresh process takes to start.
     deadline = time.monotonic() + RENEW_EVERY + RENEW_IDLE + 15
     while time.monotonic() < deadline:
         children = children_of(worker.process.pid)
-        if set(children.values()) - pids and worker.started_children() == len(children):
+        fresh = {name.rstrip("0123456789") for name, pid in children.items() if pid not in pids}
+        if {"lw-intake", "lw-resolve"} <= fresh and worker.started_children() == len(children):
             break
         time.sleep(0.5)
     time.sleep(2)

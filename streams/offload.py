@@ -228,10 +228,16 @@ class StateProcess(Generic[C]):
         self._answers_due = asyncio.Event()
         self._pumps: list[asyncio.Task[None]] = []
         self._lost = ""
+        self._held: list[bytes] | None = None  # requests held while the state moves (`renew`)
 
     @property
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
+
+    @property
+    def moving(self) -> bool:
+        """Whether the state is moving to a fresh child (`renew`): requests wait."""
+        return self._held is not None
 
     def submit(self, *args: Any) -> asyncio.Future[Any]:
         future = asyncio.get_running_loop().create_future()
@@ -245,7 +251,11 @@ class StateProcess(Generic[C]):
             self.start()
             self._waiting.append(future)
             self._answers_due.set()
-            self._outbox.put_nowait(pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+            payload = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+            if self._held is not None:
+                self._held.append(payload)
+            else:
+                self._outbox.put_nowait(payload)
         return future
 
     async def call(self, *args: Any) -> Any:
@@ -256,9 +266,58 @@ class StateProcess(Generic[C]):
         child takes a second or two to import what it needs)."""
         if self.in_process or self._child is not None or self._lost:
             return
-        self._child = _Child(self.work, self.make_state, self.name, self.environment)
-        self._pumps = [asyncio.ensure_future(pump(self._child))
-                       for pump in (self._write, self._read)]  # fmt: skip
+        self._serve_with(_Child(self.work, self.make_state, self.name, self.environment))
+
+    def _serve_with(self, child: _Child[C, Any]) -> None:
+        self._child = child
+        self._pumps = [asyncio.ensure_future(pump(child)) for pump in (self._write, self._read)]
+
+    async def renew(self, export: tuple[Any, ...], restore: tuple[Any, ...]) -> bool:
+        """Move the state to a fresh child and retire the old one, whose heap goes back to
+        the system whole; True if it moved. For a state that has shrunk after a burst:
+        the allocator keeps a page while one object on it lives, so the pages of a state
+        that was large stay resident, nearly empty, for the life of its process.
+
+        `work(*export, state)` in the old child returns the state as bytes, which
+        `work(*restore, those_bytes, state)` in the fresh one (made by `make_state`) takes
+        in. Meanwhile new requests are held, then sent to the fresh child in order; the
+        requests before are answered by the old one. If the fresh child fails, the old
+        one goes on as if nothing had happened."""
+        if self.in_process or self._lost or self._waiting or self._child is None:
+            return False
+        old = self._child
+        fresh: _Child[C, Any] = _Child(self.work, self.make_state, self.name, self.environment)
+        moved = False
+        try:
+            await asyncio.wait_for(fresh.call(None), self.timeout)  # started and ready
+            if self._waiting or self._child is not old:
+                return False  # a request came meanwhile: another time
+            exported = self.submit(*export)
+            self._held = []
+            state: bytes = await exported  # so every request before it has been answered
+            for pump in self._pumps:
+                pump.cancel()
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+            self._pumps = []
+            await asyncio.wait_for(fresh.call((*restore, state)), self.timeout)
+            self._serve_with(fresh)
+            moved = True
+        except (EOFError, OSError) as exc:  # the fresh child died or hung
+            log.error("the %s process could not take the state over (%s); the old one "
+                      "keeps it", self.name, type(exc).__name__)  # fmt: skip
+        except StateLost:  # the old one died meanwhile: `on_lost` has been called
+            pass
+        finally:
+            if not moved:
+                fresh.stop()
+                if not self._pumps and not self._lost:
+                    self._serve_with(old)
+            held, self._held = self._held or [], None
+            for payload in held:
+                self._outbox.put_nowait(payload)
+        if moved:
+            await old.retire()
+        return moved
 
     async def _write(self, child: _Child[C, Any]) -> None:
         loop = asyncio.get_running_loop()

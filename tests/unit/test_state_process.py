@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
@@ -242,3 +243,116 @@ def test_the_resolver_hands_pages_back_once_retention_has_caught_up(
     assert steps[0] == (True, 0)  # a slice at a time (`FORGET_SLICE`)
     assert steps[-1] == (False, 1)  # and the pages go back once, when it has caught up
     assert resolvers.forget_some([(0, 1)]) == (False, 6_001) and len(released) == 1
+
+
+def _work(method: str, *args: Any) -> Any:
+    """The resolver process's work, with a slow export (the time a large state takes to
+    pickle), and a restore that kills the fresh process when asked to."""
+    if method == "export":
+        time.sleep(0.5)
+    if method == "restore" and args[0] == "die":
+        os._exit(1)
+    return on_resolvers(method, *args)
+
+
+@pytest.mark.parametrize("fresh_one", ["takes over", "dies"])
+def test_a_resolver_state_moved_to_a_fresh_process_goes_on_as_before(fresh_one: str) -> None:
+    """`StateProcess.renew`: the state moves to a fresh process (its pickle, `__reduce__`
+    of the compiled classes), and the requests that come while it moves are held and
+    answered by the fresh one, in order. If the fresh one dies, the old one goes on."""
+    messages = _identity_messages()
+    reference = Resolvers(SETTINGS)
+    reference.create(0, 1)
+    expected = [reference.apply(0, 1, value, False) for value in messages]
+    expected_retention = reference.forget_some([(0, 1)])
+    lost: list[str] = []
+
+    async def run() -> tuple[list[Any], Any, bool, tuple[int | None, int | None]]:
+        process = StateProcess(_work, partial(Resolvers, SETTINGS), "lw-test", lost.append)
+        try:
+            await process.call("create", 0, 1)
+            first = [await process.call("apply", 0, 1, value, False) for value in messages[:5]]
+            old_pid = process.pid
+            restore = ("restore",) if fresh_one == "takes over" else ("restore", "die")
+            renewal = asyncio.ensure_future(process.renew(("export",), restore))
+            while not process.moving:  # the fresh process has started; the state is moving
+                assert not renewal.done(), "the state did not move"
+                await asyncio.sleep(0.01)
+            rest = [process.submit("apply", 0, 1, value, False) for value in messages[5:]]
+            moved = await renewal
+            answers = [*first, *await asyncio.gather(*rest)]
+            retention = await process.call("forget_some", [(0, 1)])
+            return answers, retention, moved, (old_pid, process.pid)
+        finally:
+            process.close()
+
+    answers, retention, moved, (old_pid, new_pid) = asyncio.run(run())
+    assert answers == expected and retention == expected_retention
+    assert moved is (fresh_one == "takes over")
+    assert (new_pid != old_pid) is moved
+    assert not lost
+
+
+def test_a_resolve_stage_whose_state_shrank_moves_it_to_a_fresh_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once retention has caught up with the state a small part of what it was, and the
+    identity topic is quiet, the stage moves it to a fresh resolver process (agents/
+    resolve.py); what it sends after is what a stage that kept its process sends."""
+    monkeypatch.setattr("agents.resolve.RENEW_FROM", 1_000)
+    monkeypatch.setattr("agents.resolve.RENEW_IDLE", 0.0)
+    monkeypatch.setattr("agents.resolve.RENEW_EVERY", 0.0)
+    settings = replace(SETTINGS, partitions=1, window_days=10.0)
+
+    def packs(reports: list[dict[str, Any]], start: int) -> list[bytes]:
+        values = [encode(report) for report in reports]
+        offsets = list(range(start, start + len(values)))
+        found, _ = validate_batch(values, [0] * len(values), offsets, settings.pseudonyms())
+        return found
+
+    old = packs([make_report(f"old-{i}", f"v-{i}", signals={"email_hash": f"m-{i % 700}"})
+                 for i in range(2_000)], 0)  # fmt: skip
+    # Past the window: the old accounts go. Then accounts that link to each other.
+    late = packs([make_report("late", "late-victim", at=timedelta(days=20))], 2_000)
+    later = packs([make_report(f"new-{i}", f"w-{i}", at=timedelta(days=20, minutes=i),
+                               signals={"email_hash": f"n-{i % 3}"}) for i in range(30)],
+                  2_001)  # fmt: skip
+
+    def run(in_process: bool) -> tuple[list[tuple[str, Any, bytes]], set[int | None]]:
+        sent: list[tuple[str, Any, bytes]] = []
+
+        async def send(topic: str, key: Any, value: bytes, partition: Any, *rest: Any) -> Any:
+            sent.append((topic, partition, value))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        async def go() -> set[int | None]:
+            stage = ResolveStage(replace(settings, resolver_process=not in_process), Metrics(),
+                                 send)  # fmt: skip
+            stage.partitions.assign([0])
+            pids = set()
+            try:
+                offset = 0
+                for value in [*old, *late]:
+                    await asyncio.gather(*await stage.partitions.process(0, Message(value, offset)))
+                    offset += 1
+                pids.add(stage.state.pid)
+                while await stage.expire_some():  # retention catches up...
+                    pids.add(stage.state.pid)
+                await stage.expire_some()  # ...and then the state moves
+                pids.add(stage.state.pid)
+                for value in later:
+                    await asyncio.gather(*await stage.partitions.process(0, Message(value, offset)))
+                    offset += 1
+                await stage.expire_some()
+            finally:
+                stage.close()
+            return pids
+
+        return sent, asyncio.run(go())
+
+    moved, pids = run(in_process=False)
+    kept, _ = run(in_process=True)
+    assert moved == kept
+    assert len(pids) == 2  # the resolver process it started with, and the fresh one
