@@ -10,7 +10,11 @@ with it aiokafka: 0.14 s and 6 MB more.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import pickle
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from streams import memory
 from streams.fetched import Fetched, read_fetched
 from streams.settings import Settings
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "PACK",
     "Intake",
@@ -35,6 +41,7 @@ __all__ = [
     "Resolved",
     "Resolvers",
     "Validated",
+    "discard",
     "on_resolvers",
     "packs",
     "validate_batch",
@@ -133,6 +140,12 @@ class Resolvers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._states: dict[int, _Resolving] = {}
+        # A state left on its way to a fresh process by a worker killed meanwhile (a move
+        # takes well under a second): it may name an account erased since.
+        for stale in settings.data_dir.glob(f"{STATE_PREFIX}*{STATE_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > STALE_AFTER:
+                    stale.unlink()
         self._trimmer = memory.Trimmer()
         self._frozen_at = time.monotonic()
 
@@ -175,14 +188,31 @@ class Resolvers:
             return Resolved(packed, routed.hubs, routed.erased, routed.errors,
                             state.resolver.accounts, routed.redelivered)  # fmt: skip
 
-    def export(self) -> bytes:
-        """The states, for a fresh resolver process to take in (`StateProcess.renew`)."""
-        return pickle.dumps(self._states, protocol=pickle.HIGHEST_PROTOCOL)
+    def export(self) -> str | None:
+        """The states, for a fresh resolver process to take in (`StateProcess.renew`): the
+        name of a file that holds them (None: it could not be written). A file in the data
+        dir, readable by the worker's user alone, so that the worker's own heap never holds
+        a copy: a buffer of tens of MB there raised glibc's mmap threshold for good, and
+        its later buffers then came from the heap and stayed."""
+        name = None
+        try:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(STATE_SUFFIX, STATE_PREFIX, self.settings.data_dir)
+            with os.fdopen(handle, "wb") as file:
+                pickle.dump(self._states, file, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:
+            log.error("the resolver's state could not be written for a fresh process (%s)",
+                      type(exc).__name__)  # fmt: skip
+            discard(name)
+            return None
+        return name
 
-    def restore(self, states: bytes) -> None:
-        """Take in the states an old resolver process exported: the same tables, on a new
-        heap."""
-        self._states = pickle.loads(states)
+    def restore(self, name: str) -> None:
+        """Take in the states an old resolver process exported (`export`): the same tables,
+        on a new heap. The file goes at once."""
+        with open(name, "rb") as file:
+            os.unlink(name)
+            self._states = pickle.load(file)
 
     def forget_some(self, live: list[tuple[int, int]]) -> tuple[bool, int]:
         """A step of retention (`AliasResolver.forget_some`) for the states still owned,
@@ -208,6 +238,18 @@ class Resolvers:
             memory.freeze()
             self._frozen_at = now
         self._trimmer.held(accounts, behind)
+
+
+# A resolver state on its way to a fresh process (`Resolvers.export`), in the data dir.
+STATE_PREFIX, STATE_SUFFIX = "lw-resolver-state-", ".pickle"
+STALE_AFTER = 600.0  # seconds: older, no move is still reading it
+
+
+def discard(name: str | None) -> None:
+    """Remove an exported state that no process took in."""
+    if name is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
 
 
 def on_resolvers(method: str, *args: Any) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from agents.children import Resolved, Resolvers, on_resolvers
+from agents.children import Resolved, Resolvers, discard, on_resolvers
 from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send
 from streams import memory
 from streams.metrics import Metrics
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # from at least RENEW_FROM accounts, hands the state to a fresh process once no identity
 # message has come for RENEW_IDLE seconds (at most once per RENEW_EVERY): the old heap's
 # pages, each kept by a few survivors of the state that was, go back whole
-# (`StateProcess.renew`). The state moves as a pickle, the stream held meanwhile.
+# (`StateProcess.renew`). The state moves as a pickle in a file of the data dir, the
+# stream held meanwhile.
 RENEW_FROM = 20_000
 RENEW_SHRUNK = 8
 
@@ -96,7 +97,7 @@ class ResolveStage:
         self._most_held = max(self._most_held, accounts)
         if not behind and self._renewal_due(accounts):
             self._renewed_at = time.monotonic()
-            if await self.state.renew(("export",), ("restore",)):
+            if await self.state.renew(("export",), ("restore",), discard):
                 log.info("the resolver's state moved to a fresh process (%d accounts, from "
                          "%d at most)", accounts, self._most_held)  # fmt: skip
                 self._most_held = accounts

@@ -272,15 +272,21 @@ class StateProcess(Generic[C]):
         self._child = child
         self._pumps = [asyncio.ensure_future(pump(child)) for pump in (self._write, self._read)]
 
-    async def renew(self, export: tuple[Any, ...], restore: tuple[Any, ...]) -> bool:
+    async def renew(
+        self,
+        export: tuple[Any, ...],
+        restore: tuple[Any, ...],
+        discard: Callable[[Any], None] = lambda exported: None,
+    ) -> bool:
         """Move the state to a fresh child and retire the old one, whose heap goes back to
         the system whole; True if it moved. For a state that has shrunk after a burst:
         the allocator keeps a page while one object on it lives, so the pages of a state
         that was large stay resident, nearly empty, for the life of its process.
 
-        `work(*export, state)` in the old child returns the state as bytes, which
-        `work(*restore, those_bytes, state)` in the fresh one (made by `make_state`) takes
-        in. Meanwhile new requests are held, then sent to the fresh child in order; the
+        `work(*export, state)` in the old child writes the state where the fresh one can
+        read it and returns where (None: it could not), and `work(*restore, where, state)`
+        in the fresh one (made by `make_state`) takes it in; `discard(where)` if no child
+        did. Meanwhile new requests are held, then sent to the fresh child in order; the
         requests before are answered by the old one. If the fresh child fails, the old
         one goes on as if nothing had happened."""
         if self.in_process or self._lost or self._waiting or self._child is None:
@@ -294,12 +300,18 @@ class StateProcess(Generic[C]):
                 return False  # a request came meanwhile: another time
             exported = self.submit(*export)
             self._held = []
-            state: bytes = await exported  # so every request before it has been answered
+            where = await exported  # so every request before it has been answered
+            if where is None:
+                return False
             for pump in self._pumps:
                 pump.cancel()
             await asyncio.gather(*self._pumps, return_exceptions=True)
             self._pumps = []
-            await asyncio.wait_for(fresh.call((*restore, state)), self.timeout)
+            try:
+                await asyncio.wait_for(fresh.call((*restore, where)), self.timeout)
+            except BaseException:
+                discard(where)
+                raise
             self._serve_with(fresh)
             moved = True
         except (EOFError, OSError) as exc:  # the fresh child died or hung

@@ -10,11 +10,13 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from agents.children import discard
 from agents.intake import validate_batch
 from agents.resolve import Resolvers, ResolveStage, on_resolvers
 from streams import memory
@@ -256,25 +258,29 @@ def _work(method: str, *args: Any) -> Any:
 
 
 @pytest.mark.parametrize("fresh_one", ["takes over", "dies"])
-def test_a_resolver_state_moved_to_a_fresh_process_goes_on_as_before(fresh_one: str) -> None:
+def test_a_resolver_state_moved_to_a_fresh_process_goes_on_as_before(
+    fresh_one: str, tmp_path: Path
+) -> None:
     """`StateProcess.renew`: the state moves to a fresh process (its pickle, `__reduce__`
     of the compiled classes), and the requests that come while it moves are held and
-    answered by the fresh one, in order. If the fresh one dies, the old one goes on."""
+    answered by the fresh one, in order. If the fresh one dies, the old one goes on. No
+    copy of the state is left behind in the data dir either way."""
+    settings = replace(SETTINGS, data_dir=tmp_path)
     messages = _identity_messages()
-    reference = Resolvers(SETTINGS)
+    reference = Resolvers(settings)
     reference.create(0, 1)
     expected = [reference.apply(0, 1, value, False) for value in messages]
     expected_retention = reference.forget_some([(0, 1)])
     lost: list[str] = []
 
     async def run() -> tuple[list[Any], Any, bool, tuple[int | None, int | None]]:
-        process = StateProcess(_work, partial(Resolvers, SETTINGS), "lw-test", lost.append)
+        process = StateProcess(_work, partial(Resolvers, settings), "lw-test", lost.append)
         try:
             await process.call("create", 0, 1)
             first = [await process.call("apply", 0, 1, value, False) for value in messages[:5]]
             old_pid = process.pid
             restore = ("restore",) if fresh_one == "takes over" else ("restore", "die")
-            renewal = asyncio.ensure_future(process.renew(("export",), restore))
+            renewal = asyncio.ensure_future(process.renew(("export",), restore, discard))
             while not process.moving:  # the fresh process has started; the state is moving
                 assert not renewal.done(), "the state did not move"
                 await asyncio.sleep(0.01)
@@ -291,10 +297,11 @@ def test_a_resolver_state_moved_to_a_fresh_process_goes_on_as_before(fresh_one: 
     assert moved is (fresh_one == "takes over")
     assert (new_pid != old_pid) is moved
     assert not lost
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_resolve_stage_whose_state_shrank_moves_it_to_a_fresh_process(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Once retention has caught up with the state a small part of what it was, and the
     identity topic is quiet, the stage moves it to a fresh resolver process (agents/
@@ -302,7 +309,7 @@ def test_a_resolve_stage_whose_state_shrank_moves_it_to_a_fresh_process(
     monkeypatch.setattr("agents.resolve.RENEW_FROM", 1_000)
     monkeypatch.setattr("agents.resolve.RENEW_IDLE", 0.0)
     monkeypatch.setattr("agents.resolve.RENEW_EVERY", 0.0)
-    settings = replace(SETTINGS, partitions=1, window_days=10.0)
+    settings = replace(SETTINGS, partitions=1, window_days=10.0, data_dir=tmp_path)
 
     def packs(reports: list[dict[str, Any]], start: int) -> list[bytes]:
         values = [encode(report) for report in reports]
@@ -356,3 +363,19 @@ def test_a_resolve_stage_whose_state_shrank_moves_it_to_a_fresh_process(
     kept, _ = run(in_process=True)
     assert moved == kept
     assert len(pids) == 2  # the resolver process it started with, and the fresh one
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_state_left_by_a_move_that_was_killed_is_removed_later(tmp_path: Path) -> None:
+    """A worker killed while its resolver state moved leaves the file behind (`export`):
+    the next resolver to start on that data dir removes it once no move can be reading it."""
+    stale = tmp_path / "lw-resolver-state-old.pickle"
+    moving = tmp_path / "lw-resolver-state-new.pickle"
+    other = tmp_path / "intake.sqlite3"
+    for path in (stale, moving, other):
+        path.write_bytes(b"state")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    os.utime(other, (an_hour_ago, an_hour_ago))
+    Resolvers(replace(SETTINGS, data_dir=tmp_path))
+    assert sorted(tmp_path.iterdir()) == sorted([moving, other])
