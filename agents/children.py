@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,12 +191,16 @@ class Resolvers:
         """The states, for a fresh resolver process to take in (`StateProcess.renew`): the
         name of a file that holds them (None: it could not be written). A file in the data
         dir, readable by the worker's user alone, so that the worker's own heap never holds
-        a copy: a buffer of tens of MB there raised glibc's mmap threshold for good, and
-        its later buffers then came from the heap and stayed."""
+        a copy (through the worker, it left the worker larger after expiry: likely as glibc
+        raises its mmap threshold for good once it has freed a buffer of tens of MB)."""
         name = None
         try:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(STATE_SUFFIX, STATE_PREFIX, self.settings.data_dir)
+            # As `tempfile.mkstemp` makes it, without importing `tempfile` (and `shutil`,
+            # `bz2`, `lzma`) into every intake and resolver process.
+            path = self.settings.data_dir / f"{STATE_PREFIX}{os.urandom(8).hex()}{STATE_SUFFIX}"
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            name = str(path)
             with os.fdopen(handle, "wb") as file:
                 pickle.dump(self._states, file, protocol=pickle.HIGHEST_PROTOCOL)
         except OSError as exc:
