@@ -81,7 +81,7 @@ class ResolveStage:
         self._sending: asyncio.Future[None] | None = None  # the last message's sends made
         self._applied_at = time.monotonic()  # when the last identity message came
         self._renewed_at = time.monotonic()
-        self._most_held = 0  # accounts, since the resolver process started
+        self._most_held = 0  # accounts, since the resolver process started (`_sends`)
         self.partitions: PartitionedState[_Handle] = PartitionedState(
             settings.bootstrap, settings.identity_topic, self._create, self._apply
         )
@@ -94,7 +94,6 @@ class ResolveStage:
                 if partition in owned]  # fmt: skip
         behind, accounts = await self.state.call("forget_some", live)
         self.metrics.accounts.set(accounts)
-        self._most_held = max(self._most_held, accounts)
         if not behind and self._renewal_due(accounts):
             self._renewed_at = time.monotonic()
             if await self.state.renew(("export",), ("restore",), discard):

@@ -71,7 +71,7 @@ class LowWatermark:
         highest one counted from that partition is a redelivery and counts for nothing.
         -1 (rows written before offsets were carried) counts every report."""
         if offset >= 0:
-            if offset <= self._offsets.get(source, -1):
+            if self.seen(source, offset):
                 return self.value
             self._offsets[source] = offset
         self._sequence += 1
