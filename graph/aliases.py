@@ -22,7 +22,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
-from graph.compact import right_sized
+from graph.compact import file_due, passed_buckets, right_sized
 from graph.contract import Report
 from graph.identity import actor_id_for
 
@@ -356,7 +356,7 @@ class AliasResolver:
 
     def _file(self, due: dict[int, list[str]], key: str, moment: float) -> None:
         if self.window_seconds is not None:
-            due.setdefault(int(moment // self._bucket), []).append(key)
+            file_due(due, key, moment, self._bucket)
 
     def forget_some(self) -> bool:
         """A slice of retention; True if more is due. Retention only returns memory: what a
@@ -374,9 +374,9 @@ class AliasResolver:
         below = cutoff // self._bucket  # buckets before this one are wholly before cutoff
         if below > self._checked_below:
             self._checked_below = below
-            for bucket in self._passed(self._roots_due, below):
+            for bucket in passed_buckets(self._roots_due, below):
                 self._roots_retiring.extend(bucket)
-            for bucket in self._passed(self._values_due, below):
+            for bucket in passed_buckets(self._values_due, below):
                 self._values_retiring.extend(bucket)
         roots, values = self._roots_retiring, self._values_retiring
         if not (roots or values):
@@ -400,11 +400,6 @@ class AliasResolver:
             self._values = right_sized(self._values)
             self._parent = right_sized(self._parent)
         return cutoff
-
-    @staticmethod
-    def _passed(due: dict[int, list[str]], below: float) -> list[list[str]]:
-        passed = [bucket for bucket in due if bucket < below]
-        return [due.pop(bucket) for bucket in sorted(passed)]
 
     def erase(self, account: str) -> str | None:
         """Remove one offender account (erasure): the actor it belonged to, or None if it

@@ -1,13 +1,14 @@
-"""Giving memory back: Python dicts keep their largest table after entries are deleted."""
+"""Giving memory back: dicts that keep their largest table, and state filed for retention."""
 
 from __future__ import annotations
 
 import sys
 from typing import TypeVar
 
-__all__ = ["right_sized"]
+__all__ = ["file_due", "passed_buckets", "right_sized"]
 
 K = TypeVar("K")
+T = TypeVar("T")
 V = TypeVar("V")
 
 # What a freshly built dict allocates per entry, at most (CPython 3.11: 24-byte entries,
@@ -25,3 +26,20 @@ def right_sized(table: dict[K, V]) -> dict[K, V]:
     if sys.getsizeof(table) > 4 * (_FRESH_BYTES_PER_ENTRY * len(table) + 256):
         return dict(table)
     return table
+
+
+# Retention by buckets: the resolver (its accounts and signal values) and the graphs (their
+# actors) file what they keep under the bucket of its newest (or oldest) time, a bucket
+# being a fixed slice of event time, and check a bucket once the window's cutoff has passed
+# all of it. A filed item costs a list slot, where a heap entry cost a tuple and a float.
+
+
+def file_due(due: dict[int, list[T]], item: T, moment: float, bucket: float) -> None:
+    """File `item` under the bucket of `moment`."""
+    due.setdefault(int(moment // bucket), []).append(item)
+
+
+def passed_buckets(due: dict[int, list[T]], below: float) -> list[list[T]]:
+    """Take out the buckets numbered under `below`, oldest first."""
+    passed = sorted(bucket for bucket in due if bucket < below)
+    return [due.pop(bucket) for bucket in passed]

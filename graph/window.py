@@ -4,22 +4,23 @@
 Memory and time per report are what bound linkwatch (the performance issue), so the layout
 is compact: an edge is a slotted object whose multi-valued fields (regions, categories,
 report ids, accounts) hold a single string until a second value arrives, then a tuple, and
-a set only past a handful. Expiry keeps one heap entry per actor, not per edge.
+a set only past a handful. Expiry files each actor, not each edge, under a slice of event
+time (a list slot an actor, where a heap entry cost a tuple and a float: 80 bytes).
 """
 
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 import sys
+from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from graph.aliases import Link, opener_of
-from graph.compact import right_sized
+from graph.compact import file_due, passed_buckets, right_sized
 from graph.contract import Report
 from graph.forwards import Forwards
 from graph.raised import RaisedAlerts
@@ -31,6 +32,9 @@ __all__ = ["Actor", "Applied", "Edge", "Outcome", "RollingGraph"]
 # rate at which actors are created, so expiry keeps up with a watermark that moves on
 # steadily, and a jump is spread over the records that follow (`RollingGraph.expire_some`).
 EXPIRE_PER_RECORD = 2
+# Expiry checks an actor once the window's cutoff has passed the whole slice of event time
+# it is filed under: 1/256 of a window, so memory comes back at most that much later.
+EXPIRY_BUCKETS = 256
 
 # A multi-valued field: one value, a small tuple, or (past _SET_AFTER values) a set.
 Values = str | tuple[str, ...] | set[str]
@@ -230,7 +234,8 @@ class Actor:
         self._links: dict[Link, None] | None = None  # most actors have none
         self._openers: dict[str, set[str]] | None = None
         self._merged: set[str] | None = None
-        self.expires_at = math.inf  # the earliest last_seen its heap entry was pushed with
+        # At most its edges' earliest last_seen: the time it is filed under for expiry.
+        self.expires_at = math.inf
         self.timeline: _Timeline | None = None  # kept for large actors (see `_check`)
 
     @property
@@ -387,8 +392,14 @@ class RollingGraph:
         self._raised = RaisedAlerts()
         # Actors merged away on this partition, and the actor each now lives in.
         self._forward = Forwards()
-        # (an actor's earliest last_seen when pushed, actor_id): checked lazily.
-        self._expiry: list[tuple[float, str]] = []
+        # Expiry, as the resolver's retention (graph/compact.py): each actor filed under
+        # the bucket of its `expires_at`, a bucket checked once the cutoff has passed all of
+        # it; then its actors wait in `_retiring` for `_expire` to get to them.
+        self._bucket = window_seconds / EXPIRY_BUCKETS
+        self._due: dict[int, list[Actor]] = {}
+        self._checked_below = -math.inf
+        self._retiring: deque[Actor] = deque()
+        self._held: list[Actor] = []  # pinned when their turn came: tried again next time
         self.pinned: Container[str] = frozenset()
 
     @property
@@ -396,14 +407,20 @@ class RollingGraph:
         return len(self._actors)
 
     def actors(self) -> Iterator[Actor]:
-        """Every actor, with only its edges inside the window (expiry catches up first)."""
+        """Every actor, with only its edges inside the window (expiry catches up first, and
+        then the actors of the bucket the cutoff is in)."""
         self.expire_some(sys.maxsize)
+        cutoff = self.watermark - self.window_seconds
+        for actor in [actor for actor in self._actors.values() if actor.expires_at < cutoff]:
+            if actor.actor_id not in self.pinned:
+                self._expire_edges(actor, cutoff)
         return iter(self._actors.values())
 
     def actor(self, actor_id: str) -> Actor | None:
         """One actor, with only its edges inside the window."""
-        if actor_id not in self.pinned:
-            self._expire_actor(actor_id, self.watermark - self.window_seconds)
+        actor = self._actors.get(actor_id)
+        if actor is not None and actor_id not in self.pinned:
+            self._expire_edges(actor, self.watermark - self.window_seconds)
         return self._actors.get(actor_id)
 
     def raised_level(self, actor_id: str) -> int:
@@ -543,9 +560,10 @@ class RollingGraph:
         cutoff = watermark - self.window_seconds
         if watermark > self.watermark:
             self.watermark = watermark
-        behind = self._expire(self.watermark - self.window_seconds, EXPIRE_PER_RECORD)
-        if behind or actor_id in self.pinned or watermark < self.watermark:
-            self._expire_actor(actor_id, cutoff)
+        self._expire(self.watermark - self.window_seconds, EXPIRE_PER_RECORD)
+        actor = self._actors.get(actor_id)
+        if actor is not None and actor.expires_at < cutoff:  # else no edge can be too old
+            self._expire_edges(actor, cutoff)
         return cutoff
 
     def _insert(self, actor: Actor, edge: Edge) -> None:
@@ -558,10 +576,13 @@ class RollingGraph:
         self._schedule(actor, edge.last_seen)
 
     def _schedule(self, actor: Actor, last_seen: float) -> None:
-        """Make sure the actor's heap entry is no later than `last_seen`."""
+        """Make sure the actor is filed for expiry no later than `last_seen`."""
         if last_seen < actor.expires_at:
             actor.expires_at = last_seen
-            heapq.heappush(self._expiry, (last_seen, actor.actor_id))
+            if last_seen // self._bucket < self._checked_below:
+                self._retiring.append(actor)  # an edge late in its own window: due already
+            else:
+                file_due(self._due, actor, last_seen, self._bucket)
 
     def _check(
         self, actor: Actor, now: float, new_victim: tuple[float, str] | None = None
@@ -648,42 +669,44 @@ class RollingGraph:
         )
 
     def _expire(self, cutoff: float, budget: int) -> bool:
-        """Remove the edges older than `cutoff` of up to `budget` actors (not pinned ones);
-        True if more actors have such edges."""
-        expiry, pinned = self._expiry, []
-        if not expiry or expiry[0][0] >= cutoff:
+        """Remove the edges older than `cutoff` of up to `budget` actors (not pinned ones)
+        filed under buckets the cutoff has passed; True if more such actors are left."""
+        below = cutoff // self._bucket  # buckets under this one are wholly before the cutoff
+        if below > self._checked_below:
+            self._checked_below = below
+            for bucket in passed_buckets(self._due, below):
+                self._retiring.extend(bucket)
+        retiring, held = self._retiring, self._held
+        if not (retiring or held):
             return False  # nothing due: what nearly every record finds
-        while expiry and expiry[0][0] < cutoff and budget > 0:
-            entry = heapq.heappop(expiry)
-            actor = self._actors.get(entry[1])
-            if actor is None or entry[0] != actor.expires_at:
-                continue  # gone, merged away, or superseded by a newer entry
+        if held:
+            retiring.extendleft(reversed(held))
+            self._held = held = []
+        while retiring and budget > 0:
+            actor = retiring.popleft()
+            if actor.expires_at >= cutoff or self._actors.get(actor.actor_id) is not actor:
+                continue  # filed again for later, or gone (expired, merged away)
             if actor.actor_id in self.pinned:
-                pinned.append(entry)
+                held.append(actor)
                 continue
             budget -= 1
             actor.expires_at = math.inf
-            self._expire_actor(actor.actor_id, cutoff)
+            self._expire_edges(actor, cutoff)
             if actor.edge_count:
                 self._schedule(actor, min(edge.last_seen for edge in actor.edges()))
-        behind = bool(expiry) and expiry[0][0] < cutoff
-        for entry in pinned:
-            heapq.heappush(expiry, entry)
+        behind = bool(retiring)
         if not behind:
             self._actors = right_sized(self._actors)
             self._raised.fold()
             self._forward.fold()
         return behind
 
-    def _expire_actor(self, actor_id: str, cutoff: float) -> None:
+    def _expire_edges(self, actor: Actor, cutoff: float) -> None:
         """One actor's expiry, judged by its own record's watermark."""
-        actor = self._actors.get(actor_id)
-        if actor is None:
-            return
         old = [edge for edge in actor.edges() if edge.last_seen < cutoff]
         if old:
             actor.timeline = None
             actor.remove_edges(old)
             self.live_edges -= len(old)
         if not actor.edge_count:
-            del self._actors[actor_id]
+            del self._actors[actor.actor_id]

@@ -159,6 +159,23 @@ def test_after_a_jump_in_event_time_expiry_trails_but_no_actor_is_judged_by_old_
     assert sorted(actor.actor_id for actor in rolling.actors()) == ["actor-49", "actor-new"]
 
 
+def test_edges_a_second_past_the_window_are_gone_for_the_rule_and_readers() -> None:
+    # Expiry checks an actor once the cutoff has passed the whole slice of event time
+    # (1/256 of the window) it is filed under, so it trails the cutoff by up to a slice;
+    # the rule and every reader must not see the edges in that slice meanwhile.
+    rolling = graph(window_days=30)
+    rolling.apply("actor-1", report("tom", "v0", "norfolk"), now=0)
+    rolling.apply("actor-2", report("ann", "w0", "norfolk"), now=0)
+    rolling.apply("actor-1", report("tom", "v1", "suffolk", at=timedelta(days=29)), now=0)
+    just_past = timedelta(days=30, seconds=1)  # v0 and w0 a second too old
+    rolling.apply("actor-9", report("new", "x", "kent", at=just_past), now=0)
+    # With v0, a third region in a third episode: a level-3 alert. Without, two regions.
+    assert rolling.apply("actor-1", report("tom", "v2", "kent", at=just_past), now=0).alerts == ()
+    assert rolling.actor("actor-1").regions() == {"suffolk", "kent"}  # type: ignore[union-attr]
+    assert sorted(actor.actor_id for actor in rolling.actors()) == ["actor-1", "actor-9"]
+    assert rolling.live_edges == 3
+
+
 def test_the_actor_table_gives_its_memory_back_once_the_window_has_slid_past_it() -> None:
     rolling = graph(window_days=30)
     for n in range(2_000):  # all inside one window: nothing expires while they arrive
