@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from graph.contract import Report, parse_report
 from graph.rules import CrossRegionRule
-from graph.window import Outcome, RollingGraph
+from graph.window import Edge, Outcome, RollingGraph
 from tests.factories import encode, make_report
 
 DAY = 86400.0
@@ -304,3 +304,30 @@ def test_applying_reports_leaves_nothing_for_the_cycle_collector() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_an_edge_keeps_its_victim_and_report_ids_apart_however_their_text_runs_together() -> None:
+    # An edge holds its victim and first report id in one string (graph/window.py): a
+    # report id that ends the victim's text, or a victim that starts another's, must
+    # still be told apart, through more reports, a merge and a round trip.
+    edge = Edge("chirp:v1", "kent", 10.0, "1", "harassment", "chirp:tom")
+    assert (edge.victim, edge.report_ids) == ("chirp:v1", frozenset({"1"}))
+    assert edge.is_victim("chirp:v1") and not edge.is_victim("chirp:v11")
+    assert not edge.is_victim("chirp:v")
+    assert edge.has_report("1") and not edge.has_report("v11") and not edge.has_report("11")
+    edge.add_report(20.0, "essex", "11", "threats", "chirp:tom")
+    edge.add_report(30.0, "essex", "1", "threats", "chirp:tom")  # the first id again
+    other = Edge("chirp:v1", "kent", 5.0, "v1", "harassment", "chirp:ann")
+    other.add_report(6.0, "kent", "11", "harassment", "chirp:ann")
+    edge.merge(other)
+    assert edge.report_ids == {"1", "11", "v1"}
+    assert sorted(edge.report_id_values()) == ["1", "11", "v1"]  # each once
+    copy = Edge.from_dict(edge.to_dict())
+    assert copy.to_dict() == edge.to_dict()
+    assert copy.to_dict()["report_ids"] == ["1", "11", "v1"]
+    assert (copy.victim, copy.first_seen, copy.last_seen, copy.region) == (
+        "chirp:v1",
+        5.0,
+        30.0,
+        "essex",
+    )
