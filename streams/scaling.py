@@ -16,8 +16,9 @@ hex digits; report ids as the simulator's, `chirp-0000042`. Each is made by form
 counter, not by intake's keyed hashes, which would cost more than the stages measured.
 Before session 21 it used short names (`victim-42`, `r42`, `acct-42`, `dev-42`): 573 bytes
 an edge at 1M edges where these make 610, and intake's own pseudonyms 640 (the stream put
-through `graph/privacy.py:pseudonymise`, an ad-hoc run; that last difference is not
-traced).
+through `graph/privacy.py:pseudonymise`, an ad-hoc run, where the objects the resolver
+and the graphs hold come to the same bytes an edge within 0.5: the rest is pseudonymising's
+own memory, which the worker has in its intake process).
 Prints one JSON object: a row per checkpoint and the expiry figures.
 """
 
