@@ -453,7 +453,7 @@ class RollingGraph:
         actor = self._actors.get(actor_id)
         if actor is not None and actor_id not in self.pinned:
             self._expire_edges(actor, self.watermark - self.window_seconds)
-        return self._actors.get(actor_id)
+        return actor if actor is not None and actor.edge_count else None
 
     def raised_level(self, actor_id: str) -> int:
         return self._raised.serial_level(actor_id)
@@ -483,10 +483,9 @@ class RollingGraph:
         """
         moment = report.event_time
         stamp = max(self.watermark, moment) if watermark is None else watermark
-        cutoff = self._advance(actor_id, stamp)
+        cutoff, actor = self._advance(actor_id, stamp)
         if moment < cutoff:
             return Applied(Outcome.TOO_OLD)
-        actor = self._actors.get(actor_id)
         if actor is None:
             actor = self._actors[actor_id] = Actor(actor_id)
         for link in links:
@@ -558,8 +557,7 @@ class RollingGraph:
         self, into: str, state: dict[str, Any], now: float, watermark: float | None = None
     ) -> tuple[Alert, ...]:
         """Fold a merged actor's state into actor `into` and check the rule at once."""
-        cutoff = self._advance(into, self.watermark if watermark is None else watermark)
-        actor = self._actors.get(into)
+        cutoff, actor = self._advance(into, self.watermark if watermark is None else watermark)
         if actor is None:
             actor = self._actors[into] = Actor(into)
         actor.add_merged((state["actor_id"], *state["merged"]))
@@ -588,8 +586,9 @@ class RollingGraph:
         that held up the event loop (320 ms for 200,000 edges, seconds for millions)."""
         return self._expire(self.watermark - self.window_seconds, budget)
 
-    def _advance(self, actor_id: str, watermark: float) -> float:
-        """Bring the graph to `watermark` and the actor to its own; returns the cutoff."""
+    def _advance(self, actor_id: str, watermark: float) -> tuple[float, Actor | None]:
+        """Bring the graph to `watermark` and the actor to its own; returns the cutoff and
+        the actor, if it has edges left."""
         cutoff = watermark - self.window_seconds
         if watermark > self.watermark:
             self.watermark = watermark
@@ -597,7 +596,9 @@ class RollingGraph:
         actor = self._actors.get(actor_id)
         if actor is not None and actor.expires_at < cutoff:  # else no edge can be too old
             self._expire_edges(actor, cutoff)
-        return cutoff
+            if not actor.edge_count:
+                return cutoff, None  # expired whole, and gone from the graph
+        return cutoff, actor
 
     def _insert(self, actor: Actor, edge: Edge) -> None:
         existing = actor.edge(edge.victim)
