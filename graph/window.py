@@ -2,23 +2,27 @@
 """The rolling actor-victim graph of one partition: event-time window, expiry, merges, the rule.
 
 Memory and time per report are what bound linkwatch (the performance issue), so the layout
-is compact: an edge is a slotted object whose multi-valued fields (regions, categories,
-report ids, accounts) hold a single string until a second value arrives, then a tuple, and
-a set only past a handful; its victim and first report id share one string. Expiry files
-each actor, not each edge, under a slice of event time (a list slot an actor, where a heap
-entry cost a tuple and a float: 80 bytes).
+is compact. An edge of one report, as most are, is one `bytes` object (`_pack`): its time,
+its region and category as numbers (`_NAMES`), then its victim and report id; its account
+is its actor's `account`. A second report, or an account other than the actor's, makes it
+an `Edge`: a slotted object whose multi-valued fields (regions, categories, report ids,
+accounts) hold a single string until a second value arrives, then a tuple, and a set only
+past a handful; its victim and first report id share one string. Readers see every edge
+as an `Edge` (`Actor.edges()`). Expiry files each actor, not each edge, under a slice of
+event time (a list slot an actor, where a heap entry cost a tuple and a float: 80 bytes).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import struct
 import sys
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from graph.aliases import Link, opener_of
 from graph.compact import file_due, passed_buckets, right_sized
@@ -205,6 +209,101 @@ class Edge:
         return edge
 
 
+class _Names:
+    """Region and category names by number, for packed edges: a few dozen in practice, and
+    never more than 65,536 (past that, new names go in `Edge` objects instead)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.ids: dict[str, int] = {}
+        self.limit = 0x10000
+
+    def id_of(self, name: str) -> int:
+        """The name's number, or -1 when the table is full."""
+        found = self.ids.get(name)
+        if found is not None:
+            return found
+        if len(self.names) >= self.limit:
+            return -1
+        name = sys.intern(name)
+        self.ids[name] = len(self.names)
+        self.names.append(name)
+        return len(self.names) - 1
+
+
+_NAMES: Final = _Names()
+
+# A packed edge (one report): its time (first and last seen), region and category numbers,
+# the victim's length in UTF-8 bytes, then the victim and the report id in UTF-8. 88 bytes
+# for the worker's identifiers (a 96-byte block), where an `Edge` and its string took 224.
+_HEAD: Final = struct.Struct("<dHHH")
+_HEAD_SIZE: Final = 14
+_TIME: Final = struct.Struct("<d")
+
+
+def _pack(victim: str, region: str, moment: float, report_id: str, category: str) -> bytes | None:
+    """One report's edge packed, or None when it does not fit (a name table full)."""
+    region_id, category_id = _NAMES.id_of(region), _NAMES.id_of(category)
+    encoded = victim.encode()
+    if region_id < 0 or category_id < 0 or len(encoded) > 0xFFFF:
+        return None
+    return b"".join(
+        (_HEAD.pack(moment, region_id, category_id, len(encoded)), encoded, report_id.encode())
+    )
+
+
+def _victim_length(packed: bytes) -> int:
+    return packed[12] | packed[13] << 8
+
+
+def _unpack(packed: bytes, account: str) -> Edge:
+    moment, region_id, category_id, length = _HEAD.unpack_from(packed)
+    end = _HEAD_SIZE + length
+    names = _NAMES.names
+    return Edge(packed[_HEAD_SIZE:end].decode(), names[region_id], moment,
+                packed[end:].decode(), names[category_id], account)  # fmt: skip
+
+
+# What an actor holds for each edge: packed, or an `Edge`.
+_Item = bytes | Edge
+
+
+def _last_seen(item: _Item) -> float:
+    if isinstance(item, bytes):
+        moment: float = _TIME.unpack_from(item)[0]
+        return moment
+    return item.last_seen
+
+
+def _first_seen(item: _Item) -> float:
+    return _last_seen(item) if isinstance(item, bytes) else item.first_seen
+
+
+def _region(item: _Item) -> str:
+    return _NAMES.names[item[8] | item[9] << 8] if isinstance(item, bytes) else item.region
+
+
+def _victim(item: _Item) -> str:
+    if isinstance(item, bytes):
+        return item[_HEAD_SIZE : _HEAD_SIZE + _victim_length(item)].decode()
+    return item.victim
+
+
+def _is_victim(item: _Item, victim: str, encoded: bytes) -> bool:
+    """`_victim(item) == victim`; `encoded` is `victim.encode()`."""
+    if isinstance(item, bytes):
+        return _victim_length(item) == len(encoded) and item.startswith(encoded, _HEAD_SIZE)
+    return item.is_victim(victim)
+
+
+def _has_report(item: _Item, report_id: str) -> bool:
+    if isinstance(item, bytes):
+        encoded = report_id.encode()
+        return (len(item) - _HEAD_SIZE - _victim_length(item) == len(encoded)
+                and item.endswith(encoded))  # fmt: skip
+    return item.has_report(report_id)
+
+
 class _Timeline:
     """An actor's victims' first-report times, sorted, with its episode count kept current.
 
@@ -258,11 +357,14 @@ class _Timeline:
 class Actor:
     """One actor: live edges, the links that joined its accounts, and openers they used."""
 
-    __slots__ = ("_edges", "_links", "_merged", "_openers", "actor_id", "expires_at", "timeline")
+    __slots__ = ("_edges", "_links", "_merged", "_openers", "account", "actor_id", "expires_at",
+                 "timeline")  # fmt: skip
 
     def __init__(self, actor_id: str) -> None:
         self.actor_id = actor_id
-        self._edges: tuple[Edge, ...] | dict[str, Edge] = ()  # see _TUPLE_EDGES
+        self._edges: tuple[_Item, ...] | dict[str, _Item] = ()  # see _TUPLE_EDGES
+        # The account of its packed edges: set by the first, which most edges share.
+        self.account: str | None = None
         self._links: dict[Link, None] | None = None  # most actors have none
         self._openers: dict[str, set[str]] | None = None
         self._merged: set[str] | None = None
@@ -274,51 +376,101 @@ class Actor:
     def edge_count(self) -> int:
         return len(self._edges)
 
-    def edges(self) -> Iterable[Edge]:
-        """The live edges, in the order their victims were added (not to be changed while
-        iterating)."""
+    def items(self) -> Iterable[_Item]:
+        """The live edges as held, packed or not, in the order their victims were added
+        (not to be changed while iterating)."""
         edges = self._edges
         return edges if isinstance(edges, tuple) else edges.values()
 
-    def edge(self, victim: str) -> Edge | None:
+    def edges(self) -> list[Edge]:
+        """The live edges, in the order their victims were added. A packed edge is given as
+        a copy: to change an edge, get it from `edge`."""
+        account = self.account or ""
+        return [
+            _unpack(item, account) if isinstance(item, bytes) else item for item in self.items()
+        ]
+
+    def find(self, victim: str) -> _Item | None:
+        """The victim's edge as held, packed or not."""
         edges = self._edges
         if isinstance(edges, tuple):
-            for edge in edges:
-                if edge.is_victim(victim):
-                    return edge
+            encoded = victim.encode()
+            for item in edges:
+                if _is_victim(item, victim, encoded):
+                    return item
             return None
         return edges.get(victim)
 
-    def add_edge(self, edge: Edge) -> None:
-        """A new victim's edge (`edge(edge.victim)` is None)."""
+    def edge(self, victim: str) -> Edge | None:
+        """The victim's edge, unpacked (for good) if it was packed, to be changed."""
+        item = self.find(victim)
+        return None if item is None else self.unpacked(item)
+
+    def unpacked(self, item: _Item) -> Edge:
+        """`item` (one of this actor's) as an `Edge` held in its place."""
+        if not isinstance(item, bytes):
+            return item
+        edge = _unpack(item, self.account or "")
+        edges = self._edges
+        if isinstance(edges, tuple):
+            self._edges = tuple(edge if held is item else held for held in edges)
+        else:
+            edges[edge.victim] = edge  # keeps its place in the order
+        return edge
+
+    def new_edge(self, victim: str, region: str, moment: float, report_id: str,
+                 category: str, account: str) -> _Item:  # fmt: skip
+        """A new victim's edge, packed when its account is the actor's (or the first)."""
+        held = self.account
+        if held is None or held == account:
+            packed = _pack(victim, region, moment, report_id, category)
+            if packed is not None:
+                if held is None:
+                    self.account = account
+                return packed
+            account = held or account
+        return Edge(victim, region, moment, report_id, category, account)
+
+    def compact(self, edge: Edge) -> _Item:
+        """`edge` packed, if it holds one report (an absorbed actor's edge), else itself."""
+        accounts = edge._accounts
+        if (isinstance(accounts, str) and edge._more_report_ids is None
+                and edge.first_seen == edge.last_seen and edge._regions is edge.region
+                and isinstance(edge._categories, str)):  # fmt: skip
+            report_ids = tuple(edge.report_id_values())
+            return self.new_edge(edge.victim, edge.region, edge.first_seen, report_ids[0],
+                                 edge._categories, accounts)  # fmt: skip
+        return edge
+
+    def add_edge(self, item: _Item) -> None:
+        """A new victim's edge (`find` of its victim is None)."""
         edges = self._edges
         if isinstance(edges, tuple):
             if len(edges) < _TUPLE_EDGES:
-                self._edges = (*edges, edge)
+                self._edges = (*edges, item)
                 return
-            edges = self._edges = {edge.victim: edge for edge in edges}
-        edges[edge.victim] = edge
+            edges = self._edges = {_victim(held): held for held in edges}
+        edges[_victim(item)] = item
 
-    def remove_edges(self, gone: list[Edge]) -> None:
-        """Remove some of the actor's edges (and go back to a tuple when few are left)."""
+    def remove_edges(self, gone: list[_Item]) -> None:
+        """Remove some of the actor's edges, as held (and go back to a tuple when few are
+        left)."""
         edges = self._edges
         if isinstance(edges, dict):
-            for edge in gone:
-                del edges[edge.victim]
+            for item in gone:
+                del edges[_victim(item)]
             if len(edges) <= _TUPLE_EDGES // 2:
                 self._edges = tuple(edges.values())
         else:
-            self._edges = tuple(edge for edge in edges if edge not in gone)
+            self._edges = tuple(item for item in edges if not any(item is g for g in gone))
+        if not self._edges:
+            self.account = None
 
-    def account_like(self, account: str) -> str:
-        """`account`, or the same string already held by the actor's newest edge: most
-        edges of an actor come from one account, and need not each hold a copy of it."""
-        edges = self._edges
-        if not edges:
-            return account
-        newest = edges[-1] if isinstance(edges, tuple) else next(reversed(edges.values()))
-        held = newest._accounts
-        return held if isinstance(held, str) and held == account else account
+    def holds_account(self, item: _Item, account: str) -> bool:
+        """Whether `account` made the edge `item` (one of this actor's)."""
+        if isinstance(item, bytes):
+            return self.account == account
+        return _has(item._accounts, account)
 
     @property
     def links(self) -> list[Link]:
@@ -353,13 +505,19 @@ class Actor:
         self._merged.update(actor_ids)
 
     def accounts(self) -> set[str]:
-        return {account for edge in self.edges() for account in _items(edge._accounts)}
+        found: set[str] = set()
+        for item in self.items():
+            if isinstance(item, bytes):
+                found.add(self.account or "")
+            else:
+                found.update(_items(item._accounts))
+        return found
 
     def regions(self) -> set[str]:
-        return {edge.region for edge in self.edges()}
+        return {_region(item) for item in self.items()}
 
     def victims(self) -> list[tuple[float, str]]:
-        return [(edge.first_seen, edge.region) for edge in self.edges()]
+        return [(_first_seen(item), _region(item)) for item in self.items()]
 
     def shared_openers(self) -> list[dict[str, Any]]:
         shared = [
@@ -494,15 +652,17 @@ class RollingGraph:
             opener = opener_of(report.text)
             if opener is not None:
                 actor.add_opener(opener, (report.offender_key,))
-        victim = report.victim_key
-        edge = actor.edge(victim)
-        if edge is None:
-            edge = Edge(victim, report.victim_region, moment, report.report_id, report.category,
-                        actor.account_like(report.offender_key))  # fmt: skip
-            self._insert(actor, edge)
-            return Applied(Outcome.ACCEPTED, self._check(actor, now, (moment, edge.region)))
-        if edge.has_report(report.report_id):
+        victim, region = report.victim_key, report.victim_region
+        item = actor.find(victim)
+        if item is None:
+            actor.add_edge(actor.new_edge(victim, region, moment, report.report_id,
+                                          report.category, report.offender_key))  # fmt: skip
+            self.live_edges += 1
+            self._schedule(actor, moment)
+            return Applied(Outcome.ACCEPTED, self._check(actor, now, (moment, region)))
+        if _has_report(item, report.report_id):
             return Applied(Outcome.DUPLICATE)
+        edge = actor.unpacked(item)
         first_seen = edge.first_seen
         if not edge.add_report(moment, report.victim_region, report.report_id, report.category,
                                report.offender_key):  # fmt: skip
@@ -517,16 +677,19 @@ class RollingGraph:
         actor = self._actors.get(actor_id)
         if actor is None:
             return
+        encoded = b"" if victim is None else victim.encode()
         gone = [
-            edge
-            for edge in actor.edges()
-            if (victim is not None and edge.is_victim(victim))
-            or (offender is not None and _has(edge._accounts, offender))
+            item
+            for item in actor.items()
+            if (victim is not None and _is_victim(item, victim, encoded))
+            or (offender is not None and actor.holds_account(item, offender))
         ]
         actor.remove_edges(gone)
         self.live_edges -= len(gone)
         if offender is not None:
             actor.forget_account(offender)
+            if actor.account == offender:
+                actor.account = None  # its packed edges, all that account's, are gone
         actor.timeline = None
         if not actor.edge_count:
             del self._actors[actor_id]
@@ -536,7 +699,7 @@ class RollingGraph:
         for actor_id in [
             actor_id
             for actor_id, actor in self._actors.items()
-            if actor.edge(victim) is not None and actor_id not in skip
+            if actor.find(victim) is not None and actor_id not in skip
         ]:
             self.erase(actor_id, None, victim)
 
@@ -601,12 +764,12 @@ class RollingGraph:
         return cutoff, actor
 
     def _insert(self, actor: Actor, edge: Edge) -> None:
-        existing = actor.edge(edge.victim)
+        existing = actor.find(edge.victim)
         if existing is None:
-            actor.add_edge(edge)
+            actor.add_edge(actor.compact(edge))
             self.live_edges += 1
         else:
-            existing.merge(edge)
+            actor.unpacked(existing).merge(edge)
         self._schedule(actor, edge.last_seen)
 
     def _schedule(self, actor: Actor, last_seen: float) -> None:
@@ -645,7 +808,7 @@ class RollingGraph:
             level = rule.level(victims)
             if level > raised:
                 self._raised.raise_serial(actor.actor_id, level)
-                alerts.append(self._alert(actor, "serial", level, list(actor.edges()), now))
+                alerts.append(self._alert(actor, "serial", level, actor.edges(), now))
         if count >= rule.brigade_victims and not self._raised.brigade_raised(actor.actor_id):
             grew = timeline.episode_size(index) if index is not None else rule.brigade_victims
             if grew >= rule.brigade_victims:
@@ -727,7 +890,7 @@ class RollingGraph:
             actor.expires_at = math.inf
             self._expire_edges(actor, cutoff)
             if actor.edge_count:
-                self._schedule(actor, min(edge.last_seen for edge in actor.edges()))
+                self._schedule(actor, min(_last_seen(item) for item in actor.items()))
         behind = bool(retiring)
         if not behind:
             self._actors = right_sized(self._actors)
@@ -737,7 +900,7 @@ class RollingGraph:
 
     def _expire_edges(self, actor: Actor, cutoff: float) -> None:
         """One actor's expiry, judged by its own record's watermark."""
-        old = [edge for edge in actor.edges() if edge.last_seen < cutoff]
+        old = [item for item in actor.items() if _last_seen(item) < cutoff]
         if old:
             actor.timeline = None
             actor.remove_edges(old)

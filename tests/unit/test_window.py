@@ -331,3 +331,82 @@ def test_an_edge_keeps_its_victim_and_report_ids_apart_however_their_text_runs_t
         30.0,
         "essex",
     )
+
+
+def test_an_edge_of_one_report_is_held_packed_until_a_second_report_and_reads_the_same() -> None:
+    # Most edges hold one report, and are held as one bytes object (graph/window.py): what
+    # the rule and readers see of them must be what an Edge would show, in the same order,
+    # and a second report must turn that edge into an Edge for good, losing nothing.
+    rolling = graph()
+    first = [
+        report("tom", "zoë", "norfolk", report_id="é1", at=timedelta(days=1)),
+        report("tom", "zoë2", "suffolk", report_id="2", category="doxxing", at=timedelta(days=2)),
+        report("tom", "zo", "kent", report_id="3", at=timedelta(days=3)),
+    ]
+    for item in first:
+        assert rolling.apply("actor-1", item, now=0.0).outcome is Outcome.ACCEPTED
+    actor = rolling.actor("actor-1")
+    assert actor is not None
+    assert [type(item) for item in actor.items()] == [bytes, bytes, bytes]
+    expected = [
+        Edge(item.victim_key, item.victim_region, item.event_time, item.report_id, item.category,
+             item.offender_key).to_dict()
+        for item in first
+    ]  # fmt: skip
+    assert [edge.to_dict() for edge in actor.edges()] == expected
+    assert actor.accounts() == {"chirp:tom"} and actor.regions() == {"norfolk", "suffolk", "kent"}
+    assert actor.victims() == [(item.event_time, item.victim_region) for item in first]
+    again = rolling.apply("actor-1", first[0], now=0.0)
+    assert again.outcome is Outcome.DUPLICATE
+    assert [type(item) for item in actor.items()] == [bytes, bytes, bytes]
+    later = report("ann", "zoë2", "essex", report_id="4", at=timedelta(days=4))
+    assert rolling.apply("actor-1", later, now=0.0).outcome is Outcome.ACCEPTED
+    assert [type(item) for item in actor.items()] == [bytes, Edge, bytes]  # in its place
+    edge = actor.edge("chirp:zoë2")
+    assert edge is not None and edge.report_ids == {"2", "4"}
+    assert edge.accounts == {"chirp:tom", "chirp:ann"} and edge.regions == {"suffolk", "essex"}
+    assert edge.categories == {"doxxing", "harassment"} and edge.region == "essex"
+    assert actor.find("chirp:zoë") is not None and actor.find("chirp:zo\u00eb3") is None
+
+
+def test_edges_are_held_whole_when_they_cannot_be_packed_and_the_rule_sees_no_difference() -> None:
+    # An edge is an Edge object when its account is not its actor's, or when the table of
+    # region and category names is full: the same alerts either way.
+    from graph import window
+
+    reports = [
+        report(f"acct-{n % 3}", f"v{n}", f"full-table-{n % 4}", report_id=f"r{n}",
+               at=timedelta(days=10 * n))
+        for n in range(12)
+    ]  # fmt: skip
+
+    def alerts() -> tuple[list[dict[str, object]], list[type]]:
+        rolling = graph()
+        raised = [a.to_dict() for item in reports for a in rolling.apply("a", item, 0.0).alerts]
+        actor = rolling.actor("a")
+        assert actor is not None
+        return raised, [type(item) for item in actor.items()]
+
+    limit = window._NAMES.limit
+    window._NAMES.limit = len(window._NAMES.names)  # full: these regions are new to it
+    try:
+        whole, kinds = alerts()
+    finally:
+        window._NAMES.limit = limit
+    assert kinds == [Edge] * 12
+    packed, kinds = alerts()
+    assert kinds == [bytes, Edge, Edge] * 4  # acct-0's packed, the other accounts' whole
+    assert whole == packed and [alert["level"] for alert in packed] == [3, 4]
+
+
+def test_erasing_an_actors_account_leaves_no_trace_of_it_on_the_actor() -> None:
+    rolling = graph()
+    rolling.apply("a", report("tom", "ellie", "kent", report_id="1"), now=0.0)
+    rolling.apply("a", report("ann", "sam", "essex", report_id="2"), now=0.0)
+    rolling.erase("a", "chirp:tom", None)
+    actor = rolling.actor("a")
+    assert actor is not None and actor.account is None
+    assert [edge.victim for edge in actor.edges()] == ["chirp:sam"]
+    assert actor.accounts() == {"chirp:ann"}
+    rolling.apply("a", report("ann", "jess", "kent", report_id="3"), now=0.0)
+    assert actor.account == "chirp:ann" and actor.accounts() == {"chirp:ann"}
