@@ -2,14 +2,16 @@
 """The rolling actor-victim graph of one partition: event-time window, expiry, merges, the rule.
 
 Memory and time per report are what bound linkwatch (the performance issue), so the layout
-is compact. An edge of one report, as most are, is one `bytes` object (`_pack`): its time,
+is compact. An edge of one report, as most are, is packed into bytes (`_pack`): its time,
 its region and category as numbers (`_NAMES`), then its victim and report id; its account
-is its actor's `account`. A second report, or an account other than the actor's, makes it
-an `Edge`: a slotted object whose multi-valued fields (regions, categories, report ids,
-accounts) hold a single string until a second value arrives, then a tuple, and a set only
-past a handful; its victim and first report id share one string. Readers see every edge
-as an `Edge` (`Actor.edges()`). Expiry files each actor, not each edge, under a slice of
-event time (a list slot an actor, where a heap entry cost a tuple and a float: 80 bytes).
+is its actor's `account`. An actor whose edges are all packed, as most are, holds them in
+one `bytes` object with that account (`Actor` explains). A second report, or an account
+other than the actor's, makes an edge an `Edge`: a slotted object whose multi-valued fields
+(regions, categories, report ids, accounts) hold a single string until a second value
+arrives, then a tuple, and a set only past a handful; its victim and first report id share
+one string. Readers see every edge as an `Edge` (`Actor.edges()`). Expiry files each actor,
+not each edge, under a slice of event time (a list slot an actor, where a heap entry cost a
+tuple and a float: 80 bytes).
 """
 
 from __future__ import annotations
@@ -252,8 +254,17 @@ def _pack(victim: str, region: str, moment: float, report_id: str, category: str
     )
 
 
-def _victim_length(packed: bytes) -> int:
-    return packed[12] | packed[13] << 8
+def _victim_length(packed: bytes, at: int = 0) -> int:
+    return packed[at + 12] | packed[at + 13] << 8
+
+
+def _time_at(packed: bytes, at: int) -> float:
+    moment: float = _TIME.unpack_from(packed, at)[0]
+    return moment
+
+
+def _region_at(packed: bytes, at: int) -> str:
+    return _NAMES.names[packed[at + 8] | packed[at + 9] << 8]
 
 
 def _unpack(packed: bytes, account: str) -> Edge:
@@ -267,12 +278,38 @@ def _unpack(packed: bytes, account: str) -> Edge:
 # What an actor holds for each edge: packed, or an `Edge`.
 _Item = bytes | Edge
 
+# An actor's edges in one `bytes` object (see `Actor`): how many, the length of the account
+# in UTF-8 bytes, the account; then each edge, packed, after its length.
+_BLOB_HEAD: Final = struct.Struct("<BH")
+_BLOB_HEAD_SIZE: Final = 3
+_LENGTH: Final = struct.Struct("<H")
+
+
+def _blob(account: bytes, items: list[bytes]) -> bytes:
+    parts = [_BLOB_HEAD.pack(len(items), len(account)), account]
+    for item in items:
+        parts.append(_LENGTH.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def _blob_account(blob: bytes) -> bytes:
+    return blob[_BLOB_HEAD_SIZE : _BLOB_HEAD_SIZE + (blob[1] | blob[2] << 8)]
+
+
+def _blob_items(blob: bytes) -> list[bytes]:
+    """The packed edges in an actor's bytes."""
+    items = []
+    at = _BLOB_HEAD_SIZE + (blob[1] | blob[2] << 8)
+    for _ in range(blob[0]):
+        end = at + 2 + (blob[at] | blob[at + 1] << 8)
+        items.append(blob[at + 2 : end])
+        at = end
+    return items
+
 
 def _last_seen(item: _Item) -> float:
-    if isinstance(item, bytes):
-        moment: float = _TIME.unpack_from(item)[0]
-        return moment
-    return item.last_seen
+    return _time_at(item, 0) if isinstance(item, bytes) else item.last_seen
 
 
 def _first_seen(item: _Item) -> float:
@@ -280,7 +317,7 @@ def _first_seen(item: _Item) -> float:
 
 
 def _region(item: _Item) -> str:
-    return _NAMES.names[item[8] | item[9] << 8] if isinstance(item, bytes) else item.region
+    return _region_at(item, 0) if isinstance(item, bytes) else item.region
 
 
 def _victim(item: _Item) -> str:
@@ -355,16 +392,25 @@ class _Timeline:
 
 
 class Actor:
-    """One actor: live edges, the links that joined its accounts, and openers they used."""
+    """One actor: live edges, the links that joined its accounts, and openers they used.
 
-    __slots__ = ("_edges", "_links", "_merged", "_openers", "account", "actor_id", "expires_at",
+    Its edges are held in one of three ways (`_edges`), by what they need:
+    - `bytes` (most actors): every edge packed and made by the actor's one account, and at
+      most `_TUPLE_EDGES` of them, in one object with that account (`_blob`). An actor of
+      three one-report edges holds 240 bytes where it held 400 with an object for each;
+    - a tuple of edges, packed (`bytes`) or not (`Edge`), in the order they came;
+    - past `_TUPLE_EDGES`, a dict of them by victim.
+    A new edge that cannot be packed in with the rest moves the actor to the tuple.
+    """
+
+    __slots__ = ("_account", "_edges", "_links", "_merged", "_openers", "actor_id", "expires_at",
                  "timeline")  # fmt: skip
 
     def __init__(self, actor_id: str) -> None:
         self.actor_id = actor_id
-        self._edges: tuple[_Item, ...] | dict[str, _Item] = ()  # see _TUPLE_EDGES
-        # The account of its packed edges: set by the first, which most edges share.
-        self.account: str | None = None
+        self._edges: bytes | tuple[_Item, ...] | dict[str, _Item] = ()
+        # The account of its packed edges when they are not in `_edges` (bytes) with it.
+        self._account: str | None = None
         self._links: dict[Link, None] | None = None  # most actors have none
         self._openers: dict[str, set[str]] | None = None
         self._merged: set[str] | None = None
@@ -373,13 +419,23 @@ class Actor:
         self.timeline: _Timeline | None = None  # kept for large actors (see `_check`)
 
     @property
+    def account(self) -> str | None:
+        """The account that made its packed edges: set by the first, which most edges
+        share."""
+        edges = self._edges
+        return _blob_account(edges).decode() if isinstance(edges, bytes) else self._account
+
+    @property
     def edge_count(self) -> int:
-        return len(self._edges)
+        edges = self._edges
+        return edges[0] if isinstance(edges, bytes) else len(edges)
 
     def items(self) -> Iterable[_Item]:
         """The live edges as held, packed or not, in the order their victims were added
         (not to be changed while iterating)."""
         edges = self._edges
+        if isinstance(edges, bytes):
+            return _blob_items(edges)
         return edges if isinstance(edges, tuple) else edges.values()
 
     def edges(self) -> list[Edge]:
@@ -390,30 +446,59 @@ class Actor:
             _unpack(item, account) if isinstance(item, bytes) else item for item in self.items()
         ]
 
+    def victims(self) -> list[tuple[float, str]]:
+        """Each victim's first report time and current region (what the rule judges)."""
+        edges = self._edges
+        if not isinstance(edges, bytes):
+            return [(_first_seen(item), _region(item)) for item in self.items()]
+        victims = []  # read in place: the rule asks for them at each new victim
+        at = _BLOB_HEAD_SIZE + (edges[1] | edges[2] << 8)
+        for _ in range(edges[0]):
+            victims.append((_time_at(edges, at + 2), _region_at(edges, at + 2)))
+            at += 2 + (edges[at] | edges[at + 1] << 8)
+        return victims
+
     def find(self, victim: str) -> _Item | None:
         """The victim's edge as held, packed or not."""
         edges = self._edges
-        if isinstance(edges, tuple):
-            encoded = victim.encode()
-            for item in edges:
-                if _is_victim(item, victim, encoded):
-                    return item
+        if isinstance(edges, dict):
+            return edges.get(victim)
+        encoded = victim.encode()
+        if isinstance(edges, bytes):  # compared in place, and copied out if found
+            at = _BLOB_HEAD_SIZE + (edges[1] | edges[2] << 8)
+            for _ in range(edges[0]):
+                end = at + 2 + (edges[at] | edges[at + 1] << 8)
+                if (_victim_length(edges, at + 2) == len(encoded)
+                        and edges.startswith(encoded, at + 2 + _HEAD_SIZE)):  # fmt: skip
+                    return edges[at + 2 : end]
+                at = end
             return None
-        return edges.get(victim)
+        for item in edges:
+            if _is_victim(item, victim, encoded):
+                return item
+        return None
 
     def edge(self, victim: str) -> Edge | None:
         """The victim's edge, unpacked (for good) if it was packed, to be changed."""
         item = self.find(victim)
         return None if item is None else self.unpacked(item)
 
+    def _spread(self) -> tuple[_Item, ...] | dict[str, _Item]:
+        """Out of one `bytes` object, into a tuple."""
+        edges = self._edges
+        if isinstance(edges, bytes):
+            self._account = _blob_account(edges).decode()
+            edges = self._edges = tuple(_blob_items(edges))
+        return edges
+
     def unpacked(self, item: _Item) -> Edge:
         """`item` (one of this actor's) as an `Edge` held in its place."""
         if not isinstance(item, bytes):
             return item
-        edge = _unpack(item, self.account or "")
-        edges = self._edges
-        if isinstance(edges, tuple):
-            self._edges = tuple(edge if held is item else held for held in edges)
+        edges = self._spread()
+        edge = _unpack(item, self._account or "")
+        if isinstance(edges, tuple):  # a packed edge is its bytes: equal, not the same
+            self._edges = tuple(edge if held == item else held for held in edges)
         else:
             edges[edge.victim] = edge  # keeps its place in the order
         return edge
@@ -426,7 +511,7 @@ class Actor:
             packed = _pack(victim, region, moment, report_id, category)
             if packed is not None:
                 if held is None:
-                    self.account = account
+                    self._account = account
                 return packed
             account = held or account
         return Edge(victim, region, moment, report_id, category, account)
@@ -443,8 +528,20 @@ class Actor:
         return edge
 
     def add_edge(self, item: _Item) -> None:
-        """A new victim's edge (`find` of its victim is None)."""
+        """A new victim's edge (`find` of its victim is None), from `new_edge` or
+        `compact`."""
         edges = self._edges
+        if isinstance(item, bytes):  # packed by `new_edge`: made by the actor's account
+            if not edges:
+                self._edges = _blob((self._account or "").encode(), [item])
+                self._account = None
+                return
+            if isinstance(edges, bytes) and edges[0] < _TUPLE_EDGES:
+                self._edges = b"".join(
+                    (bytes((edges[0] + 1,)), edges[1:], _LENGTH.pack(len(item)), item)
+                )
+                return
+        edges = self._spread()
         if isinstance(edges, tuple):
             if len(edges) < _TUPLE_EDGES:
                 self._edges = (*edges, item)
@@ -456,15 +553,19 @@ class Actor:
         """Remove some of the actor's edges, as held (and go back to a tuple when few are
         left)."""
         edges = self._edges
-        if isinstance(edges, dict):
+        if isinstance(edges, bytes):
+            account = _blob_account(edges)
+            kept = [item for item in _blob_items(edges) if item not in gone]
+            self._edges = _blob(account, kept) if kept else ()
+        elif isinstance(edges, dict):
             for item in gone:
                 del edges[_victim(item)]
             if len(edges) <= _TUPLE_EDGES // 2:
                 self._edges = tuple(edges.values())
         else:
-            self._edges = tuple(item for item in edges if not any(item is g for g in gone))
+            self._edges = tuple(item for item in edges if item not in gone)
         if not self._edges:
-            self.account = None
+            self._account = None
 
     def holds_account(self, item: _Item, account: str) -> bool:
         """Whether `account` made the edge `item` (one of this actor's)."""
@@ -498,6 +599,8 @@ class Actor:
             accounts.discard(account)
             if not accounts and self._openers is not None:
                 del self._openers[opener]
+        if self._account == account:
+            self._account = None  # its packed edges, all that account's, are gone
 
     def add_merged(self, actor_ids: Iterable[str]) -> None:
         if self._merged is None:
@@ -515,9 +618,6 @@ class Actor:
 
     def regions(self) -> set[str]:
         return {_region(item) for item in self.items()}
-
-    def victims(self) -> list[tuple[float, str]]:
-        return [(_first_seen(item), _region(item)) for item in self.items()]
 
     def shared_openers(self) -> list[dict[str, Any]]:
         shared = [
@@ -688,8 +788,6 @@ class RollingGraph:
         self.live_edges -= len(gone)
         if offender is not None:
             actor.forget_account(offender)
-            if actor.account == offender:
-                actor.account = None  # its packed edges, all that account's, are gone
         actor.timeline = None
         if not actor.edge_count:
             del self._actors[actor_id]

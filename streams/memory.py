@@ -213,10 +213,16 @@ def release() -> None:
     collection empties them. What has survived so far is frozen first (`freeze`, as the
     worker and the resolver process do every FREEZE_EVERY seconds anyway), so the
     collection walks nothing and costs nothing; cyclic garbage pending then is frozen with
-    the rest, as at every freeze (there is little: see `freeze`)."""
+    the rest, as at every freeze (there is little: see `freeze`).
+
+    CPython's type attribute cache goes too: it keeps a reference to the name of each of
+    its last 4,096 attribute lookups, and a name made afresh for a lookup then stays where
+    it was made. Emptied (it refills at once), the state process kept 22.4-23.0 MB after
+    the window slid past 300,000 edges where it kept 27.2-27.8, 21.1 empty (session 22)."""
     if _trim is not None:
         freeze()
         gc.collect()
+        sys._clear_type_cache()
         _trim(0)
 
 
