@@ -5,7 +5,8 @@ Memory and time per report are what bound linkwatch (the performance issue), so 
 is compact. An edge of one report, as most are, is packed into bytes (`_pack`): its time,
 its region and category as numbers (`_NAMES`), then its victim and report id; its account
 is its actor's `account`. An actor whose edges are all packed, as most are, holds them in
-one `bytes` object with that account (`Actor` explains). A second report, or an account
+one `bytes` object with that account, and the graph stores such an actor as those bytes
+alone (`Actor` explains). A second report, or an account
 other than the actor's, makes an edge an `Edge`: a slotted object whose multi-valued fields
 (regions, categories, report ids, accounts) hold a single string until a second value
 arrives, then a tuple, and a set only past a handful; its victim and first report id share
@@ -278,34 +279,57 @@ def _unpack(packed: bytes, account: str) -> Edge:
 # What an actor holds for each edge: packed, or an `Edge`.
 _Item = bytes | Edge
 
-# An actor's edges in one `bytes` object (see `Actor`): how many, the length of the account
+# An actor's edges in one `bytes` object (see `Actor`): the actor's `expires_at` (as of when
+# the graph last stored it as these bytes alone), how many edges, the length of the account
 # in UTF-8 bytes, the account; then each edge, packed, after its length.
-_BLOB_HEAD: Final = struct.Struct("<BH")
-_BLOB_HEAD_SIZE: Final = 3
+_BLOB_HEAD: Final = struct.Struct("<dBH")
+_BLOB_HEAD_SIZE: Final = 11
 _LENGTH: Final = struct.Struct("<H")
 
 
-def _blob(account: bytes, items: list[bytes]) -> bytes:
-    parts = [_BLOB_HEAD.pack(len(items), len(account)), account]
+def _blob(account: bytes, items: list[bytes], expires_at: float = math.inf) -> bytes:
+    parts = [_BLOB_HEAD.pack(expires_at, len(items), len(account)), account]
     for item in items:
         parts.append(_LENGTH.pack(len(item)))
         parts.append(item)
     return b"".join(parts)
 
 
+def _blob_count(blob: bytes) -> int:
+    return blob[8]
+
+
+def _blob_start(blob: bytes) -> int:
+    """Where the first edge's length is."""
+    return _BLOB_HEAD_SIZE + (blob[9] | blob[10] << 8)
+
+
 def _blob_account(blob: bytes) -> bytes:
-    return blob[_BLOB_HEAD_SIZE : _BLOB_HEAD_SIZE + (blob[1] | blob[2] << 8)]
+    return blob[_BLOB_HEAD_SIZE : _blob_start(blob)]
 
 
 def _blob_items(blob: bytes) -> list[bytes]:
     """The packed edges in an actor's bytes."""
     items = []
-    at = _BLOB_HEAD_SIZE + (blob[1] | blob[2] << 8)
-    for _ in range(blob[0]):
+    at = _blob_start(blob)
+    for _ in range(_blob_count(blob)):
         end = at + 2 + (blob[at] | blob[at + 1] << 8)
         items.append(blob[at + 2 : end])
         at = end
     return items
+
+
+def _blob_find(blob: bytes, encoded: bytes) -> bytes | None:
+    """The packed edge of the victim `encoded` (in UTF-8) in an actor's bytes: compared in
+    place, and copied out if found."""
+    at = _blob_start(blob)
+    for _ in range(_blob_count(blob)):
+        end = at + 2 + (blob[at] | blob[at + 1] << 8)
+        if (_victim_length(blob, at + 2) == len(encoded)
+                and blob.startswith(encoded, at + 2 + _HEAD_SIZE)):  # fmt: skip
+            return blob[at + 2 : end]
+        at = end
+    return None
 
 
 def _last_seen(item: _Item) -> float:
@@ -401,6 +425,10 @@ class Actor:
     - a tuple of edges, packed (`bytes`) or not (`Edge`), in the order they came;
     - past `_TUPLE_EDGES`, a dict of them by victim.
     A new edge that cannot be packed in with the rest moves the actor to the tuple.
+
+    An actor that is only its `bytes` (`bare`: no links, openers, merges or timeline, as
+    most are) is stored by the graph as those bytes alone, with its `expires_at` in them,
+    and made an `Actor` again while a record is applied to it (`RollingGraph._taken`).
     """
 
     __slots__ = ("_account", "_edges", "_links", "_merged", "_openers", "actor_id", "expires_at",
@@ -418,6 +446,26 @@ class Actor:
         self.expires_at = math.inf
         self.timeline: _Timeline | None = None  # kept for large actors (see `_check`)
 
+    @classmethod
+    def from_bytes(cls, actor_id: str, blob: bytes) -> Actor:
+        """The actor a graph stored as its bytes alone (`bare`)."""
+        actor = cls(actor_id)
+        actor._edges = blob
+        actor.expires_at = _time_at(blob, 0)
+        return actor
+
+    def bare(self) -> bytes | None:
+        """The actor as its bytes alone, with its `expires_at`, if that is all it is."""
+        edges = self._edges
+        if not isinstance(edges, bytes) or not (
+            self._links is None and self._openers is None and self._merged is None
+            and self.timeline is None
+        ):  # fmt: skip
+            return None
+        if _time_at(edges, 0) == self.expires_at:
+            return edges
+        return b"".join((_TIME.pack(self.expires_at), edges[8:]))
+
     @property
     def account(self) -> str | None:
         """The account that made its packed edges: set by the first, which most edges
@@ -428,7 +476,7 @@ class Actor:
     @property
     def edge_count(self) -> int:
         edges = self._edges
-        return edges[0] if isinstance(edges, bytes) else len(edges)
+        return _blob_count(edges) if isinstance(edges, bytes) else len(edges)
 
     def items(self) -> Iterable[_Item]:
         """The live edges as held, packed or not, in the order their victims were added
@@ -452,8 +500,8 @@ class Actor:
         if not isinstance(edges, bytes):
             return [(_first_seen(item), _region(item)) for item in self.items()]
         victims = []  # read in place: the rule asks for them at each new victim
-        at = _BLOB_HEAD_SIZE + (edges[1] | edges[2] << 8)
-        for _ in range(edges[0]):
+        at = _blob_start(edges)
+        for _ in range(_blob_count(edges)):
             victims.append((_time_at(edges, at + 2), _region_at(edges, at + 2)))
             at += 2 + (edges[at] | edges[at + 1] << 8)
         return victims
@@ -464,15 +512,8 @@ class Actor:
         if isinstance(edges, dict):
             return edges.get(victim)
         encoded = victim.encode()
-        if isinstance(edges, bytes):  # compared in place, and copied out if found
-            at = _BLOB_HEAD_SIZE + (edges[1] | edges[2] << 8)
-            for _ in range(edges[0]):
-                end = at + 2 + (edges[at] | edges[at + 1] << 8)
-                if (_victim_length(edges, at + 2) == len(encoded)
-                        and edges.startswith(encoded, at + 2 + _HEAD_SIZE)):  # fmt: skip
-                    return edges[at + 2 : end]
-                at = end
-            return None
+        if isinstance(edges, bytes):
+            return _blob_find(edges, encoded)
         for item in edges:
             if _is_victim(item, victim, encoded):
                 return item
@@ -536,9 +577,10 @@ class Actor:
                 self._edges = _blob((self._account or "").encode(), [item])
                 self._account = None
                 return
-            if isinstance(edges, bytes) and edges[0] < _TUPLE_EDGES:
+            count = _blob_count(edges) if isinstance(edges, bytes) else _TUPLE_EDGES
+            if isinstance(edges, bytes) and count < _TUPLE_EDGES:
                 self._edges = b"".join(
-                    (bytes((edges[0] + 1,)), edges[1:], _LENGTH.pack(len(item)), item)
+                    (edges[:8], bytes((count + 1,)), edges[9:], _LENGTH.pack(len(item)), item)
                 )
                 return
         edges = self._spread()
@@ -640,6 +682,11 @@ class Actor:
         }
 
 
+def _expires_at(held: Actor | bytes) -> float:
+    """The `expires_at` of an actor as the graph stores it."""
+    return _time_at(held, 0) if isinstance(held, bytes) else held.expires_at
+
+
 @dataclass(slots=True, init=False)  # one per report: not frozen, `__init__` written (see Report)
 class Applied:
     outcome: Outcome
@@ -676,20 +723,21 @@ class RollingGraph:
         self.reveal = reveal
         self.watermark = -math.inf
         self.live_edges = 0
-        self._actors: dict[str, Actor] = {}
+        # Actors by id: most as their bytes alone (`Actor.bare`), the rest as objects.
+        self._actors: dict[str, Actor | bytes] = {}
         # The alerts each actor raised (highest serial level, brigade or not); kept after
         # an actor expires or merges, so that an alert id is never raised twice.
         self._raised = RaisedAlerts()
         # Actors merged away on this partition, and the actor each now lives in.
         self._forward = Forwards()
-        # Expiry, as the resolver's retention (graph/compact.py): each actor filed under
-        # the bucket of its `expires_at`, a bucket checked once the cutoff has passed all of
-        # it; then its actors wait in `_retiring` for `_expire` to get to them.
+        # Expiry, as the resolver's retention (graph/compact.py): each actor's id filed
+        # under the bucket of its `expires_at`, a bucket checked once the cutoff has passed
+        # all of it; then its actors wait in `_retiring` for `_expire` to get to them.
         self._bucket = window_seconds / EXPIRY_BUCKETS
-        self._due: dict[int, list[Actor]] = {}
+        self._due: dict[int, list[str]] = {}
         self._checked_below = -math.inf
-        self._retiring: deque[Actor] = deque()
-        self._held: list[Actor] = []  # pinned when their turn came: tried again next time
+        self._retiring: deque[str] = deque()
+        self._held: list[str] = []  # pinned when their turn came: tried again next time
         self.pinned: Container[str] = frozenset()
 
     @property
@@ -698,19 +746,28 @@ class RollingGraph:
 
     def actors(self) -> Iterator[Actor]:
         """Every actor, with only its edges inside the window (expiry catches up first, and
-        then the actors of the bucket the cutoff is in)."""
+        then the actors of the bucket the cutoff is in). An actor stored as its bytes is
+        given as an `Actor` made from them, to read."""
         self.expire_some(sys.maxsize)
         cutoff = self.watermark - self.window_seconds
-        for actor in [actor for actor in self._actors.values() if actor.expires_at < cutoff]:
-            if actor.actor_id not in self.pinned:
+        for actor_id in [
+            actor_id for actor_id, held in self._actors.items() if _expires_at(held) < cutoff
+        ]:
+            actor = self._taken(actor_id)
+            if actor is not None and actor_id not in self.pinned:
                 self._expire_edges(actor, cutoff)
-        return iter(self._actors.values())
+            self._settle(actor_id)
+        return (
+            held if isinstance(held, Actor) else Actor.from_bytes(actor_id, held)
+            for actor_id, held in self._actors.items()
+        )
 
     def actor(self, actor_id: str) -> Actor | None:
-        """One actor, with only its edges inside the window."""
-        actor = self._actors.get(actor_id)
+        """One actor, with only its edges inside the window (to read: see `actors`)."""
+        actor = self._taken(actor_id)
         if actor is not None and actor_id not in self.pinned:
             self._expire_edges(actor, self.watermark - self.window_seconds)
+        self._settle(actor_id)
         return actor if actor is not None and actor.edge_count else None
 
     def raised_level(self, actor_id: str) -> int:
@@ -739,6 +796,14 @@ class RollingGraph:
 
         `now` is wall-clock time, used only for the alerts' `raised_at`.
         """
+        applied = self._apply(actor_id, report, now, links, watermark)
+        self._settle(actor_id)
+        return applied
+
+    def _apply(
+        self, actor_id: str, report: Report, now: float, links: Iterable[Link],
+        watermark: float | None,
+    ) -> Applied:  # fmt: skip
         moment = report.event_time
         stamp = max(self.watermark, moment) if watermark is None else watermark
         cutoff, actor = self._advance(actor_id, stamp)
@@ -774,7 +839,7 @@ class RollingGraph:
     def erase(self, actor_id: str, offender: str | None, victim: str | None) -> None:
         """Erasure: the actor's edges made by account `offender` (whole edges, even when
         another account of the actor reported the same victim) or with `victim`."""
-        actor = self._actors.get(actor_id)
+        actor = self._taken(actor_id)
         if actor is None:
             return
         encoded = b"" if victim is None else victim.encode()
@@ -791,13 +856,17 @@ class RollingGraph:
         actor.timeline = None
         if not actor.edge_count:
             del self._actors[actor_id]
+        self._settle(actor_id)
 
     def erase_victim(self, victim: str, skip: Container[str] = frozenset()) -> None:
         """Erasure of a victim from every actor here (but those in `skip`)."""
+        encoded = victim.encode()
         for actor_id in [
             actor_id
-            for actor_id, actor in self._actors.items()
-            if actor.find(victim) is not None and actor_id not in skip
+            for actor_id, held in self._actors.items()
+            if actor_id not in skip
+            and (_blob_find(held, encoded) if isinstance(held, bytes) else held.find(victim))
+            is not None
         ]:
             self.erase(actor_id, None, victim)
 
@@ -808,9 +877,10 @@ class RollingGraph:
         if watermark is not None:
             self._advance(absorbed, watermark)
         self._forward.set(absorbed, into)
-        actor = self._actors.pop(absorbed, None)
-        if actor is None:
+        held = self._actors.pop(absorbed, None)
+        if held is None:
             return None
+        actor = held if isinstance(held, Actor) else Actor.from_bytes(absorbed, held)
         self.live_edges -= actor.edge_count
         return actor.to_dict()
 
@@ -818,6 +888,13 @@ class RollingGraph:
         self, into: str, state: dict[str, Any], now: float, watermark: float | None = None
     ) -> tuple[Alert, ...]:
         """Fold a merged actor's state into actor `into` and check the rule at once."""
+        alerts = self._absorb(into, state, now, watermark)
+        self._settle(into)
+        return alerts
+
+    def _absorb(
+        self, into: str, state: dict[str, Any], now: float, watermark: float | None
+    ) -> tuple[Alert, ...]:
         cutoff, actor = self._advance(into, self.watermark if watermark is None else watermark)
         if actor is None:
             actor = self._actors[into] = Actor(into)
@@ -854,12 +931,29 @@ class RollingGraph:
         if watermark > self.watermark:
             self.watermark = watermark
         self._expire(self.watermark - self.window_seconds, EXPIRE_PER_RECORD)
-        actor = self._actors.get(actor_id)
+        actor = self._taken(actor_id)
         if actor is not None and actor.expires_at < cutoff:  # else no edge can be too old
             self._expire_edges(actor, cutoff)
             if not actor.edge_count:
                 return cutoff, None  # expired whole, and gone from the graph
         return cutoff, actor
+
+    def _taken(self, actor_id: str) -> Actor | None:
+        """The actor as an `Actor`, stored as one until `_settle` (which every method that
+        takes one calls before it returns)."""
+        held = self._actors.get(actor_id)
+        if held is None or isinstance(held, Actor):
+            return held
+        actor = self._actors[actor_id] = Actor.from_bytes(actor_id, held)
+        return actor
+
+    def _settle(self, actor_id: str) -> None:
+        """Store the actor as its bytes alone again, if that is all it is."""
+        held = self._actors.get(actor_id)
+        if isinstance(held, Actor):
+            bare = held.bare()
+            if bare is not None:
+                self._actors[actor_id] = bare
 
     def _insert(self, actor: Actor, edge: Edge) -> None:
         existing = actor.find(edge.victim)
@@ -875,9 +969,9 @@ class RollingGraph:
         if last_seen < actor.expires_at:
             actor.expires_at = last_seen
             if last_seen // self._bucket < self._checked_below:
-                self._retiring.append(actor)  # an edge late in its own window: due already
+                self._retiring.append(actor.actor_id)  # an edge late in its window: due
             else:
-                file_due(self._due, actor, last_seen, self._bucket)
+                file_due(self._due, actor.actor_id, last_seen, self._bucket)
 
     def _check(
         self, actor: Actor, now: float, new_victim: tuple[float, str] | None = None
@@ -978,17 +1072,21 @@ class RollingGraph:
             retiring.extendleft(reversed(held))
             self._held = held = []
         while retiring and budget > 0:
-            actor = retiring.popleft()
-            if actor.expires_at >= cutoff or self._actors.get(actor.actor_id) is not actor:
-                continue  # filed again for later, or gone (expired, merged away)
-            if actor.actor_id in self.pinned:
-                held.append(actor)
+            actor_id = retiring.popleft()
+            stored = self._actors.get(actor_id)
+            if stored is None or _expires_at(stored) >= cutoff:
+                continue  # gone (expired, merged away), or filed again for later
+            if actor_id in self.pinned:
+                held.append(actor_id)
                 continue
             budget -= 1
+            actor = self._taken(actor_id)
+            assert actor is not None
             actor.expires_at = math.inf
             self._expire_edges(actor, cutoff)
             if actor.edge_count:
                 self._schedule(actor, min(_last_seen(item) for item in actor.items()))
+                self._settle(actor_id)
         behind = bool(retiring)
         if not behind:
             self._actors = right_sized(self._actors)

@@ -358,9 +358,12 @@ def test_an_edge_of_one_report_is_held_packed_until_a_second_report_and_reads_th
     assert actor.victims() == [(item.event_time, item.victim_region) for item in first]
     again = rolling.apply("actor-1", first[0], now=0.0)
     assert again.outcome is Outcome.DUPLICATE
-    assert [type(item) for item in actor.items()] == [bytes, bytes, bytes]
+    actor = rolling.actor("actor-1")  # what `actor` gives is the actor as it was then
+    assert actor is not None and [type(item) for item in actor.items()] == [bytes] * 3
     later = report("ann", "zoë2", "essex", report_id="4", at=timedelta(days=4))
     assert rolling.apply("actor-1", later, now=0.0).outcome is Outcome.ACCEPTED
+    actor = rolling.actor("actor-1")
+    assert actor is not None
     assert [type(item) for item in actor.items()] == [bytes, Edge, bytes]  # in its place
     edge = actor.edge("chirp:zoë2")
     assert edge is not None and edge.report_ids == {"2", "4"}
@@ -426,12 +429,33 @@ def test_an_actor_of_one_account_and_one_report_edges_holds_them_in_one_bytes_ob
     assert actor.find("chirp:v3") is not None and actor.find("chirp:v") is None
     late = report("tom", "v8", "region-2", report_id="r8", at=timedelta(days=32))
     rolling.apply("a", late, now=0.0)  # v0 and v1 leave the window
-    assert isinstance(actor._edges, bytes) and actor.edge_count == 7
+    assert isinstance(rolling._actors["a"], bytes)  # stored as its bytes alone
+    actor = rolling.actor("a")
+    assert actor is not None and isinstance(actor._edges, bytes) and actor.edge_count == 7
     assert [edge.victim for edge in actor.edges()] == [f"chirp:v{n}" for n in range(2, 9)]
     assert actor.victims() == [(edge.first_seen, edge.region) for edge in actor.edges()]
     for n in (9, 10):
         item = report("tom", f"v{n}", "region-0", report_id=f"r{n}", at=timedelta(days=32))
         rolling.apply("a", item, now=0.0)
-    assert isinstance(actor._edges, dict) and actor.edge_count == 9
+    actor = rolling.actor("a")
+    assert actor is not None and isinstance(actor._edges, dict) and actor.edge_count == 9
     assert actor.victims() == [(edge.first_seen, edge.region) for edge in actor.edges()]
     assert [edge.victim for edge in actor.edges()] == [f"chirp:v{n}" for n in range(2, 11)]
+
+
+def test_an_actor_stored_as_its_bytes_keeps_its_place_in_expiry() -> None:
+    # A bare actor is stored as its bytes alone, its expiry time in them (graph/window.py:
+    # Actor.bare): expiry, which files actor ids, must still find its old edges without a
+    # record of its own, and forget it once they are all gone.
+    rolling = graph(window_days=30)
+    for n, day in enumerate((0, 10)):
+        item = report("tom", f"v{n}", "kent", report_id=f"r{n}", at=timedelta(days=day))
+        rolling.apply("a", item, now=0.0)
+    assert isinstance(rolling._actors["a"], bytes) and rolling.live_edges == 2
+    for day in (31, 41):  # another actor's reports move the watermark on
+        item = report("ann", f"w{day}", "essex", report_id=f"q{day}", at=timedelta(days=day))
+        rolling.apply("b", item, now=0.0)
+        if day == 31:
+            assert isinstance(rolling._actors["a"], bytes) and rolling.live_edges == 2
+            assert [edge.victim for edge in rolling.actor("a").edges()] == ["chirp:v1"]  # type: ignore[union-attr]
+    assert "a" not in rolling._actors and rolling.live_edges == 2
