@@ -6,13 +6,13 @@ is compact. An edge of one report, as most are, is packed into bytes (`_pack`): 
 its region and category as numbers (`_NAMES`), then its victim and report id; its account
 is its actor's `account`. An actor whose edges are all packed, as most are, holds them in
 one `bytes` object with that account, and the graph stores such an actor as those bytes
-alone (`Actor` explains). A second report, or an account
-other than the actor's, makes an edge an `Edge`: a slotted object whose multi-valued fields
-(regions, categories, report ids, accounts) hold a single string until a second value
-arrives, then a tuple, and a set only past a handful; its victim and first report id share
-one string. Readers see every edge as an `Edge` (`Actor.edges()`). Expiry files each actor,
-not each edge, under a slice of event time (a list slot an actor, where a heap entry cost a
-tuple and a float: 80 bytes).
+alone (`Actor` explains). A second report, or an account other than the actor's, makes an
+edge an `Edge`: a slotted object whose multi-valued fields (regions, categories, report
+ids, accounts) hold a single string until a second value arrives, then a tuple, and a set
+only past a handful; its victim and first report id share one string. Readers see every
+edge as an `Edge` (`Actor.edges()`). Expiry files each actor's id, not each edge, under a
+slice of event time (a list slot an actor, where a heap entry cost a tuple and a float: 80
+bytes).
 """
 
 from __future__ import annotations
@@ -238,21 +238,21 @@ _NAMES: Final = _Names()
 
 # A packed edge (one report): its time (first and last seen), region and category numbers,
 # the victim's length in UTF-8 bytes, then the victim and the report id in UTF-8. 88 bytes
-# for the worker's identifiers (a 96-byte block), where an `Edge` and its string took 224.
+# for the worker's identifiers (a 96-byte block), where an `Edge` and its string took 240.
 _HEAD: Final = struct.Struct("<dHHH")
 _HEAD_SIZE: Final = 14
 _TIME: Final = struct.Struct("<d")
 
 
 def _pack(victim: str, region: str, moment: float, report_id: str, category: str) -> bytes | None:
-    """One report's edge packed, or None when it does not fit (a name table full)."""
+    """One report's edge packed, or None when it does not fit: a name table full, or more
+    than the 65,535 bytes an actor's `bytes` can give an edge (validation allows at most
+    a few thousand)."""
     region_id, category_id = _NAMES.id_of(region), _NAMES.id_of(category)
-    encoded = victim.encode()
-    if region_id < 0 or category_id < 0 or len(encoded) > 0xFFFF:
+    encoded, report = victim.encode(), report_id.encode()
+    if region_id < 0 or category_id < 0 or _HEAD_SIZE + len(encoded) + len(report) > 0xFFFF:
         return None
-    return b"".join(
-        (_HEAD.pack(moment, region_id, category_id, len(encoded)), encoded, report_id.encode())
-    )
+    return b"".join((_HEAD.pack(moment, region_id, category_id, len(encoded)), encoded, report))
 
 
 def _victim_length(packed: bytes, at: int = 0) -> int:

@@ -459,3 +459,14 @@ def test_an_actor_stored_as_its_bytes_keeps_its_place_in_expiry() -> None:
             assert isinstance(rolling._actors["a"], bytes) and rolling.live_edges == 2
             assert [edge.victim for edge in rolling.actor("a").edges()] == ["chirp:v1"]  # type: ignore[union-attr]
     assert "a" not in rolling._actors and rolling.live_edges == 2
+
+
+def test_an_edge_too_long_to_pack_is_held_whole() -> None:
+    # Validation keeps identifiers to a few thousand bytes; the graph must not depend on it
+    # for an actor's bytes, which give each packed edge at most 65,535.
+    rolling = graph()
+    huge = Report("r" * 1_000, "chirp", 1e9, "harassment", "tom", "v" * 65_000, "kent", {})
+    assert rolling.apply("a", huge, now=0.0).outcome is Outcome.ACCEPTED
+    actor = rolling.actor("a")
+    assert actor is not None and [type(item) for item in actor.items()] == [Edge]
+    assert actor.edges()[0].victim == "chirp:" + "v" * 65_000
