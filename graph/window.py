@@ -304,6 +304,11 @@ def _blob_start(blob: bytes) -> int:
     return _BLOB_HEAD_SIZE + (blob[9] | blob[10] << 8)
 
 
+def _record_end(blob: bytes, at: int) -> int:
+    """Where the edge whose length is at `at` in an actor's bytes ends."""
+    return at + 2 + (blob[at] | blob[at + 1] << 8)
+
+
 def _blob_account(blob: bytes) -> bytes:
     return blob[_BLOB_HEAD_SIZE : _blob_start(blob)]
 
@@ -313,7 +318,7 @@ def _blob_items(blob: bytes) -> list[bytes]:
     items = []
     at = _blob_start(blob)
     for _ in range(_blob_count(blob)):
-        end = at + 2 + (blob[at] | blob[at + 1] << 8)
+        end = _record_end(blob, at)
         items.append(blob[at + 2 : end])
         at = end
     return items
@@ -324,7 +329,7 @@ def _blob_find(blob: bytes, encoded: bytes) -> bytes | None:
     place, and copied out if found."""
     at = _blob_start(blob)
     for _ in range(_blob_count(blob)):
-        end = at + 2 + (blob[at] | blob[at + 1] << 8)
+        end = _record_end(blob, at)
         if (_victim_length(blob, at + 2) == len(encoded)
                 and blob.startswith(encoded, at + 2 + _HEAD_SIZE)):  # fmt: skip
             return blob[at + 2 : end]
@@ -503,7 +508,7 @@ class Actor:
         at = _blob_start(edges)
         for _ in range(_blob_count(edges)):
             victims.append((_time_at(edges, at + 2), _region_at(edges, at + 2)))
-            at += 2 + (edges[at] | edges[at + 1] << 8)
+            at = _record_end(edges, at)
         return victims
 
     def find(self, victim: str) -> _Item | None:
@@ -574,15 +579,15 @@ class Actor:
         edges = self._edges
         if isinstance(item, bytes):  # packed by `new_edge`: made by the actor's account
             if not edges:
-                self._edges = _blob((self._account or "").encode(), [item])
+                self._edges = _blob((self._account or "").encode(), [item], self.expires_at)
                 self._account = None
                 return
-            count = _blob_count(edges) if isinstance(edges, bytes) else _TUPLE_EDGES
-            if isinstance(edges, bytes) and count < _TUPLE_EDGES:
-                self._edges = b"".join(
-                    (edges[:8], bytes((count + 1,)), edges[9:], _LENGTH.pack(len(item)), item)
-                )
-                return
+            if isinstance(edges, bytes):
+                count = _blob_count(edges)
+                if count < _TUPLE_EDGES:
+                    self._edges = b"".join((_TIME.pack(self.expires_at), bytes((count + 1,)),
+                                            edges[9:], _LENGTH.pack(len(item)), item))  # fmt: skip
+                    return
         edges = self._spread()
         if isinstance(edges, tuple):
             if len(edges) < _TUPLE_EDGES:
@@ -820,10 +825,10 @@ class RollingGraph:
         victim, region = report.victim_key, report.victim_region
         item = actor.find(victim)
         if item is None:
+            self._schedule(actor, moment)  # first: its bytes carry the expiry time
             actor.add_edge(actor.new_edge(victim, region, moment, report.report_id,
                                           report.category, report.offender_key))  # fmt: skip
             self.live_edges += 1
-            self._schedule(actor, moment)
             return Applied(Outcome.ACCEPTED, self._check(actor, now, (moment, region)))
         if _has_report(item, report.report_id):
             return Applied(Outcome.DUPLICATE)
