@@ -45,6 +45,11 @@ OPENER = "text_opener"
 # moves on steadily; 1,000 take 1-2 ms.
 FORGET_PER_REPORT = 4
 FORGET_SLICE = 1_000
+# `_Root.value_seen` of a root that holds no value.
+_NO_VALUE = -math.inf
+# A value's key in `_values` and `_hubs`: one character for its signal, then the value
+# (16 bytes a value less than the signal's name).
+_SIGNAL_CODES = {name: chr(1 + n) for n, name in enumerate((*STRONG_SIGNALS, OPENER))}
 
 
 def _degenerate_values() -> frozenset[str]:
@@ -139,9 +144,10 @@ class _Value:
     """The accounts that used one signal value, each with when it last did (event time),
     in the order they first did; `seen` is the newest of those times.
 
-    Nearly every value is only ever used by one account, so that account is held alone,
-    its last use being `seen`, and a dict is made when a second one comes (a dict of one
-    costs 184 bytes)."""
+    Most values are held by their one account's root instead (`_Root`); a `_Value` holds
+    one that is not a root account's first, or that a second account used. Many of those
+    are still one account's, so that account is held alone, its last use being `seen`,
+    and a dict is made when a second one comes (a dict of one costs 184 bytes)."""
 
     __slots__ = ("accounts", "seen")
 
@@ -196,9 +202,16 @@ class _Value:
 
 
 class _Root:
-    """An actor of the union-find, held at its root account's entry in `_parent`."""
+    """An actor of the union-find, held at its root account's entry in `_parent`.
 
-    __slots__ = ("account", "actor_id", "members", "order", "seen")
+    It also holds the newest use of one signal value (`value_seen`) when its root account
+    was the first and so far only account to use it: `_values` then maps that value to
+    the root itself, instead of to a `_Value` of 64 bytes (most values are one account's:
+    its device, its email). The slot fits in the block the root takes anyway. A root that
+    leaves `_parent` (absorbed by a merge, forgotten) still holds its value for `_values`
+    until the value is used by another account or forgotten."""
+
+    __slots__ = ("account", "actor_id", "members", "order", "seen", "value_seen")
 
     def __init__(self, account: str, actor_id: str, order: int, seen: float) -> None:
         self.account = account  # the root account: the actor's first-seen account
@@ -206,13 +219,15 @@ class _Root:
         self.order = order  # when its founding account was first seen
         self.seen = seen  # the newest report time of any of its accounts
         self.members: list[str] | None = None  # the other accounts merged into it
+        self.value_seen = _NO_VALUE  # the newest use of the value it holds, if it holds one
 
     # Pickled when a resolver process hands its state on (`AliasResolver.__reduce__`).
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Root, (self.account, self.actor_id, self.order, self.seen), self.members)
+        made = (self.account, self.actor_id, self.order, self.seen)
+        return (_Root, made, (self.members, self.value_seen))
 
-    def __setstate__(self, members: list[str] | None) -> None:
-        self.members = members
+    def __setstate__(self, state: tuple[list[str] | None, float]) -> None:
+        self.members, self.value_seen = state
 
 
 class AliasResolver:
@@ -244,7 +259,9 @@ class AliasResolver:
         # Every known account: its parent account, or, for an actor's root account, the
         # actor (one table, where four per-root tables cost 150 bytes an actor more).
         self._parent: dict[str, str | _Root] = {}
-        self._values: dict[str, _Value] = {}
+        # Every signal value used inside the window: the accounts that used it and when,
+        # in a `_Value`, or in the root of its one account (most values: see `_Root`).
+        self._values: dict[str, _Value | _Root] = {}
         self._hubs: set[str] = set()
         self._order = 0
         self.watermark = -math.inf
@@ -322,25 +339,37 @@ class AliasResolver:
         merges: list[Merge] = []
         hubs: list[Hub] = []
         for signal, value in self._strong_signals(report):
-            key = f"{signal}\x00{value}"
+            key = _SIGNAL_CODES[signal] + value
             if key in self._hubs:
                 continue
             if value == BLANK_SIGNAL or value.strip().lower() in DEGENERATE_VALUES:
                 self._hubs.add(key)
-                hubs.append(Hub(signal, self._fingerprint(key), 1))
+                hubs.append(Hub(signal, self._fingerprint(signal, value), 1))
                 continue
-            known = self._values.get(key)
-            if known is None:  # a value first used now links nothing yet
-                self._values[key] = _Value(account, moment)
+            held = self._values.get(key)
+            if held is None:  # a value first used now links nothing yet
+                if root.account == account and root.value_seen == _NO_VALUE:
+                    root.value_seen = moment  # held by the root (see `_Root`)
+                    self._values[key] = root
+                else:
+                    self._values[key] = _Value(account, moment)
                 self._file(self._values_due, key, moment)
                 continue
+            if isinstance(held, _Root):
+                if held.account == account:  # its one account, again: nothing new to link
+                    held.value_seen = max(held.value_seen, moment)
+                    continue
+                known = self._values[key] = _Value(held.account, held.value_seen)
+                held.value_seen = _NO_VALUE
+            else:
+                known = held
             if not known.use(account, moment):
                 continue  # this account used it before: nothing new to link
             known.drop_stale(cutoff, self._parent)  # those link nothing
             if known.count() > self.max_accounts_per_signal:
                 self._hubs.add(key)
                 del self._values[key]
-                hubs.append(Hub(signal, self._fingerprint(key), known.count()))
+                hubs.append(Hub(signal, self._fingerprint(signal, value), known.count()))
                 continue
             first = known.first()
             merge = self._union(first, account)
@@ -391,11 +420,16 @@ class AliasResolver:
                     self._file(self._roots_due, root, actor.seen)
         while values and budget > 0:
             key, budget = values.popleft(), budget - 1
-            known = self._values.get(key)
-            if known is not None and known.seen < cutoff:
+            held = self._values.get(key)
+            if held is None:
+                continue
+            seen = held.value_seen if isinstance(held, _Root) else held.seen
+            if seen < cutoff:
                 del self._values[key]
-            elif known is not None:
-                self._file(self._values_due, key, known.seen)
+                if isinstance(held, _Root):
+                    held.value_seen = _NO_VALUE
+            else:
+                self._file(self._values_due, key, seen)
         if not (roots or values):  # caught up: the tables may shrink
             self._values = right_sized(self._values)
             self._parent = right_sized(self._parent)
@@ -408,6 +442,14 @@ class AliasResolver:
         if account not in self._parent:
             return None
         root = self._find(account)
+        for key in list(self._values):
+            held = self._values[key]
+            if isinstance(held, _Root):
+                if held.account == account:
+                    held.value_seen = _NO_VALUE
+                    del self._values[key]
+            elif held.drop(account):
+                del self._values[key]
         rest = [member for member in (root.account, *(root.members or ())) if member != account]
         del self._parent[account]
         if rest:  # the first remaining account is the root now, with the actor's identity
@@ -417,9 +459,6 @@ class AliasResolver:
             root.account, root.members = new_root, rest[1:] or None
             self._parent[new_root] = root
             self._file(self._roots_due, new_root, root.seen)
-        for key in list(self._values):
-            if self._values[key].drop(account):
-                del self._values[key]
         for bucket in self._roots_due.values():
             if account in bucket:
                 bucket[:] = [root for root in bucket if root != account]
@@ -467,5 +506,6 @@ class AliasResolver:
         older.members = [*(older.members or ()), newer.account, *(newer.members or ())]
         return Merge(absorbed=newer.actor_id, into=older.actor_id)
 
-    def _fingerprint(self, key: str) -> str:
+    def _fingerprint(self, signal: str, value: str) -> str:
+        key = f"{signal}\x00{value}"  # as before values were keyed by `_SIGNAL_CODES`
         return hmac.new(self.secret, key.encode(), hashlib.sha256).hexdigest()[:16]

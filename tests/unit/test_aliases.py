@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 from graph.aliases import AliasResolver, Link, Merge, opener_of
@@ -204,3 +205,36 @@ def test_a_report_older_than_the_window_links_nothing() -> None:
     old = resolver.resolve(dated("b", 10, device_id="d1"))
     assert old.links == () and old.actor_id == actor("b")
     assert resolver.accounts == 1
+
+
+def test_a_value_held_by_its_accounts_root_links_as_one_held_on_its_own() -> None:
+    """Most values are held by the root of their one account (graph/aliases.py:_Root):
+    its newest use, a second account, a merge of that root, erasure, retention and a
+    hand-over to a fresh process all see the value as the accounts' uses make it."""
+    resolver = AliasResolver(SECRET, window_seconds=30 * DAY)
+    resolver.resolve(dated("a", 0, device_id="d1", email_hash="e1"))
+    resolver.resolve(dated("a", 20, device_id="d1", email_hash="e1"))  # their newest use
+    resolver.resolve(dated("z", 40))  # day 0 is out of the window now, day 20 is not
+    shared = resolver.resolve(dated("b", 41, device_id="d1"))
+    assert shared.links == (Link(("chirp:a", "chirp:b"), "device_id"),)
+    # e1 was a's second value (its root held d1): used by a new account, it links too.
+    assert resolver.resolve(dated("c", 42, email_hash="e1")).actor_id == actor("a")
+    # An older actor absorbs h's root, which holds h's device: the device still links h.
+    resolver.resolve(dated("h", 43, device_id="d2"))
+    resolver.resolve(dated("h", 44, phone_hash="p1"))
+    resolver.resolve(dated("a", 45, phone_hash="p1"))
+    resolver = pickle.loads(pickle.dumps(resolver))  # as a resolver process hands it on
+    later = resolver.resolve(dated("k", 46, device_id="d2"))
+    assert later.links == (Link(("chirp:h", "chirp:k"), "device_id"),)
+    assert later.actor_id == actor("a")
+    # Erased, an account's value is forgotten with it; its root may hold another.
+    resolver.resolve(dated("m", 47, device_id="d3"))
+    assert resolver.erase("chirp:m") == actor("m")
+    assert resolver.resolve(dated("n", 48, device_id="d3")).links == ()
+    resolver.resolve(dated("m", 49, device_id="d4"))
+    assert resolver.resolve(dated("q", 50, device_id="d4")).actor_id == actor("m")
+    # Left behind by the window, held values are forgotten like any other.
+    resolver.resolve(dated("z", 200))
+    while resolver.forget_some():
+        pass
+    assert (resolver.accounts, resolver.values) == (1, 0)
