@@ -237,11 +237,35 @@ class _Names:
 _NAMES: Final = _Names()
 
 # A packed edge (one report): its time (first and last seen), region and category numbers,
-# the victim's length in UTF-8 bytes, then the victim and the report id in UTF-8. 88 bytes
-# for the worker's identifiers (a 96-byte block), where an `Edge` and its string took 240.
+# the victim's length as packed, then the victim (`_victim_code`) and the report id in
+# UTF-8. 82 bytes for the worker's identifiers (a 96-byte block; 94 with the victim in
+# UTF-8, a 112-byte one), where an `Edge` and its string took 256.
 _HEAD: Final = struct.Struct("<dHHH")
 _HEAD_SIZE: Final = 14
 _TIME: Final = struct.Struct("<d")
+
+
+def _victim_code(victim: str) -> bytes:
+    """A victim as packed edges hold it. A victim key ends in intake's pseudonym, `v_` and
+    20 lowercase hex digits (`platform:v_...`, graph/identity.py): held as the byte 0xFF,
+    the 10 bytes the digits spell, then the platform in UTF-8, 12 bytes less than its
+    text. Any other victim is held in UTF-8, which never has the byte 0xFF."""
+    if len(victim) >= 23 and victim[-23:-20] == ":v_":
+        digits = victim[-20:]
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError:
+            raw = b""
+        if len(raw) == 10 and raw.hex() == digits:  # not upper case, not spaced
+            return b"".join((b"\xff", raw, victim[:-23].encode()))
+    return victim.encode()
+
+
+def _victim_text(code: bytes) -> str:
+    """The victim that `_victim_code` gave `code` for."""
+    if code[:1] == b"\xff":
+        return f"{code[11:].decode()}:v_{code[1:11].hex()}"
+    return code.decode()
 
 
 def _pack(victim: str, region: str, moment: float, report_id: str, category: str) -> bytes | None:
@@ -249,7 +273,7 @@ def _pack(victim: str, region: str, moment: float, report_id: str, category: str
     than the 65,535 bytes an actor's `bytes` can give an edge (validation allows at most
     a few thousand)."""
     region_id, category_id = _NAMES.id_of(region), _NAMES.id_of(category)
-    encoded, report = victim.encode(), report_id.encode()
+    encoded, report = _victim_code(victim), report_id.encode()
     if region_id < 0 or category_id < 0 or _HEAD_SIZE + len(encoded) + len(report) > 0xFFFF:
         return None
     return b"".join((_HEAD.pack(moment, region_id, category_id, len(encoded)), encoded, report))
@@ -272,7 +296,7 @@ def _unpack(packed: bytes, account: str) -> Edge:
     moment, region_id, category_id, length = _HEAD.unpack_from(packed)
     end = _HEAD_SIZE + length
     names = _NAMES.names
-    return Edge(packed[_HEAD_SIZE:end].decode(), names[region_id], moment,
+    return Edge(_victim_text(packed[_HEAD_SIZE:end]), names[region_id], moment,
                 packed[end:].decode(), names[category_id], account)  # fmt: skip
 
 
@@ -325,7 +349,7 @@ def _blob_items(blob: bytes) -> list[bytes]:
 
 
 def _blob_find(blob: bytes, encoded: bytes) -> bytes | None:
-    """The packed edge of the victim `encoded` (in UTF-8) in an actor's bytes: compared in
+    """The packed edge of the victim `encoded` (`_victim_code`) in an actor's bytes: compared in
     place, and copied out if found."""
     at = _blob_start(blob)
     for _ in range(_blob_count(blob)):
@@ -351,12 +375,12 @@ def _region(item: _Item) -> str:
 
 def _victim(item: _Item) -> str:
     if isinstance(item, bytes):
-        return item[_HEAD_SIZE : _HEAD_SIZE + _victim_length(item)].decode()
+        return _victim_text(item[_HEAD_SIZE : _HEAD_SIZE + _victim_length(item)])
     return item.victim
 
 
 def _is_victim(item: _Item, victim: str, encoded: bytes) -> bool:
-    """`_victim(item) == victim`; `encoded` is `victim.encode()`."""
+    """`_victim(item) == victim`; `encoded` is `_victim_code(victim)`."""
     if isinstance(item, bytes):
         return _victim_length(item) == len(encoded) and item.startswith(encoded, _HEAD_SIZE)
     return item.is_victim(victim)
@@ -516,7 +540,7 @@ class Actor:
         edges = self._edges
         if isinstance(edges, dict):
             return edges.get(victim)
-        encoded = victim.encode()
+        encoded = _victim_code(victim)
         if isinstance(edges, bytes):
             return _blob_find(edges, encoded)
         for item in edges:
@@ -847,7 +871,7 @@ class RollingGraph:
         actor = self._taken(actor_id)
         if actor is None:
             return
-        encoded = b"" if victim is None else victim.encode()
+        encoded = b"" if victim is None else _victim_code(victim)
         gone = [
             item
             for item in actor.items()
@@ -865,7 +889,7 @@ class RollingGraph:
 
     def erase_victim(self, victim: str, skip: Container[str] = frozenset()) -> None:
         """Erasure of a victim from every actor here (but those in `skip`)."""
-        encoded = victim.encode()
+        encoded = _victim_code(victim)
         for actor_id in [
             actor_id
             for actor_id, held in self._actors.items()

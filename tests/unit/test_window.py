@@ -372,6 +372,33 @@ def test_an_edge_of_one_report_is_held_packed_until_a_second_report_and_reads_th
     assert actor.find("chirp:zoë") is not None and actor.find("chirp:zo\u00eb3") is None
 
 
+def test_a_victims_pseudonym_is_packed_as_the_bytes_its_digits_spell_and_reads_the_same() -> None:
+    # Intake's victim pseudonyms (`v_` and 20 lowercase hex digits) are packed as the 10
+    # bytes the digits spell: 12 bytes less an edge. Victims that only look like one (upper
+    # case, a space, a digit more) are packed as their text, and none is taken for another.
+    rolling = graph()
+    digits = "0123456789abcdef0123"
+    victims = [f"v_{digits}", f"v_{digits.upper()}", f"v_{digits[:-1]} ", f"v_{digits}4",
+               f"v_{digits[:-1]}4", "v_"]  # fmt: skip
+    reports = [
+        report("tom", victim, "norfolk", report_id=f"r{n}", at=timedelta(days=n))
+        for n, victim in enumerate(victims)
+    ]
+    for item in reports:
+        assert rolling.apply("actor-1", item, now=0.0).outcome is Outcome.ACCEPTED
+    actor = rolling.actor("actor-1")
+    assert actor is not None
+    held = list(actor.items())
+    assert [type(item) for item in held] == [bytes] * len(victims)
+    sizes = [len(item) for item in held]
+    assert sizes[0] == sizes[1] - 12 and sizes[4] == sizes[1] - 12
+    assert [edge.victim for edge in actor.edges()] == [f"chirp:{victim}" for victim in victims]
+    for victim in victims:
+        edge = actor.find(f"chirp:{victim}")
+        assert edge is not None and actor.unpacked(edge).victim == f"chirp:{victim}"
+    assert actor.find(f"chirp:v_{digits[:-1]}5") is None and actor.find(f"v_{digits}") is None
+
+
 def test_edges_are_held_whole_when_they_cannot_be_packed_and_the_rule_sees_no_difference() -> None:
     # An edge is an Edge object when its account is not its actor's, or when the table of
     # region and category names is full: the same alerts either way.
