@@ -243,6 +243,7 @@ _NAMES: Final = _Names()
 _HEAD: Final = struct.Struct("<dHHH")
 _HEAD_SIZE: Final = 14
 _TIME: Final = struct.Struct("<d")
+_LENGTH: Final = struct.Struct("<H")
 
 
 def _victim_code(victim: str) -> bytes:
@@ -268,19 +269,52 @@ def _victim_text(code: bytes) -> str:
     return code.decode()
 
 
-def _pack(victim: str, region: str, moment: float, report_id: str, category: str) -> bytes | None:
-    """One report's edge packed, or None when it does not fit: a name table full, or more
-    than the 65,535 bytes an actor's `bytes` can give an edge (validation allows at most
-    a few thousand)."""
+# The victim length's top bit: the edge names its own account (an edge that came with an
+# absorbed actor, made by an account that is not its actor's), as the account's length
+# and UTF-8 after the victim. Such an edge is held in a tuple, not in its actor's bytes.
+_OWN_ACCOUNT: Final = 0x8000
+
+
+def _pack(victim: str, region: str, moment: float, report_id: str, category: str,
+          account: str | None = None) -> bytes | None:  # fmt: skip
+    """One report's edge packed, with its `account` if that is not its actor's, or None
+    when it does not fit: a name table full, or more than the 65,535 bytes an actor's
+    `bytes` can give an edge (validation allows at most a few thousand)."""
     region_id, category_id = _NAMES.id_of(region), _NAMES.id_of(category)
     encoded, report = _victim_code(victim), report_id.encode()
-    if region_id < 0 or category_id < 0 or _HEAD_SIZE + len(encoded) + len(report) > 0xFFFF:
+    own = b"" if account is None else account.encode()
+    size = _HEAD_SIZE + len(encoded) + len(report) + (0 if account is None else 2 + len(own))
+    if region_id < 0 or category_id < 0 or size > 0xFFFF:  # and so the victim < 0x8000
         return None
-    return b"".join((_HEAD.pack(moment, region_id, category_id, len(encoded)), encoded, report))
+    if account is None:
+        head = _HEAD.pack(moment, region_id, category_id, len(encoded))
+        return b"".join((head, encoded, report))
+    head = _HEAD.pack(moment, region_id, category_id, len(encoded) | _OWN_ACCOUNT)
+    return b"".join((head, encoded, _LENGTH.pack(len(own)), own, report))
 
 
 def _victim_length(packed: bytes, at: int = 0) -> int:
-    return packed[at + 12] | packed[at + 13] << 8
+    return packed[at + 12] | (packed[at + 13] & 0x7F) << 8
+
+
+def _names_account(packed: bytes) -> bool:
+    return packed[13] & 0x80 != 0
+
+
+def _report_start(packed: bytes) -> int:
+    """Where a packed edge's report id starts: after its victim, and its account if any."""
+    at = _HEAD_SIZE + _victim_length(packed)
+    if _names_account(packed):
+        at += 2 + (packed[at] | packed[at + 1] << 8)
+    return at
+
+
+def _own_account(packed: bytes) -> str | None:
+    """The account a packed edge names (`_OWN_ACCOUNT`), or None: its actor's."""
+    if not _names_account(packed):
+        return None
+    at = _HEAD_SIZE + _victim_length(packed)
+    return packed[at + 2 : at + 2 + (packed[at] | packed[at + 1] << 8)].decode()
 
 
 def _time_at(packed: bytes, at: int) -> float:
@@ -293,11 +327,12 @@ def _region_at(packed: bytes, at: int) -> str:
 
 
 def _unpack(packed: bytes, account: str) -> Edge:
-    moment, region_id, category_id, length = _HEAD.unpack_from(packed)
-    end = _HEAD_SIZE + length
-    names = _NAMES.names
-    return Edge(_victim_text(packed[_HEAD_SIZE:end]), names[region_id], moment,
-                packed[end:].decode(), names[category_id], account)  # fmt: skip
+    """A packed edge as an `Edge`; `account` is its actor's."""
+    moment, region_id, category_id, _ = _HEAD.unpack_from(packed)
+    victim = _victim_text(packed[_HEAD_SIZE : _HEAD_SIZE + _victim_length(packed)])
+    own, names = _own_account(packed), _NAMES.names
+    return Edge(victim, names[region_id], moment, packed[_report_start(packed) :].decode(),
+                names[category_id], account if own is None else own)  # fmt: skip
 
 
 # What an actor holds for each edge: packed, or an `Edge`.
@@ -308,7 +343,6 @@ _Item = bytes | Edge
 # in UTF-8 bytes, the account; then each edge, packed, after its length.
 _BLOB_HEAD: Final = struct.Struct("<dBH")
 _BLOB_HEAD_SIZE: Final = 11
-_LENGTH: Final = struct.Struct("<H")
 
 
 def _blob(account: bytes, items: list[bytes], expires_at: float = math.inf) -> bytes:
@@ -389,8 +423,7 @@ def _is_victim(item: _Item, victim: str, encoded: bytes) -> bool:
 def _has_report(item: _Item, report_id: str) -> bool:
     if isinstance(item, bytes):
         encoded = report_id.encode()
-        return (len(item) - _HEAD_SIZE - _victim_length(item) == len(encoded)
-                and item.endswith(encoded))  # fmt: skip
+        return len(item) - _report_start(item) == len(encoded) and item.endswith(encoded)
     return item.has_report(report_id)
 
 
@@ -451,7 +484,8 @@ class Actor:
     - `bytes` (most actors): every edge packed and made by the actor's one account, and at
       most `_TUPLE_EDGES` of them, in one object with that account (`_blob`). An actor of
       three one-report edges holds a 272-byte block where it held 464 bytes in five;
-    - a tuple of edges, packed (`bytes`) or not (`Edge`), in the order they came;
+    - a tuple of edges, packed (`bytes`, naming their own account when it is not the
+      actor's: `_OWN_ACCOUNT`) or not (`Edge`), in the order they came;
     - past `_TUPLE_EDGES`, a dict of them by victim.
     A new edge that cannot be packed in with the rest moves the actor to the tuple.
 
@@ -575,15 +609,17 @@ class Actor:
 
     def new_edge(self, victim: str, region: str, moment: float, report_id: str,
                  category: str, account: str) -> _Item:  # fmt: skip
-        """A new victim's edge, packed when its account is the actor's (or the first)."""
+        """A new victim's edge, packed: with its account when that is not the actor's (the
+        first packed edge's)."""
         held = self.account
         if held is None or held == account:
             packed = _pack(victim, region, moment, report_id, category)
-            if packed is not None:
-                if held is None:
-                    self._account = account
-                return packed
-            account = held or account
+            if packed is not None and held is None:
+                self._account = account
+        else:
+            packed = _pack(victim, region, moment, report_id, category, account)
+        if packed is not None:
+            return packed
         return Edge(victim, region, moment, report_id, category, account)
 
     def compact(self, edge: Edge) -> _Item:
@@ -601,7 +637,7 @@ class Actor:
         """A new victim's edge (`find` of its victim is None), from `new_edge` or
         `compact`."""
         edges = self._edges
-        if isinstance(item, bytes):  # packed by `new_edge`: made by the actor's account
+        if isinstance(item, bytes) and not _names_account(item):  # made by the actor's account
             if not edges:
                 self._edges = _blob((self._account or "").encode(), [item], self.expires_at)
                 self._account = None
@@ -641,7 +677,8 @@ class Actor:
     def holds_account(self, item: _Item, account: str) -> bool:
         """Whether `account` made the edge `item` (one of this actor's)."""
         if isinstance(item, bytes):
-            return self.account == account
+            own = _own_account(item)
+            return (self.account if own is None else own) == account
         return _has(item._accounts, account)
 
     @property
@@ -671,7 +708,7 @@ class Actor:
             if not accounts and self._openers is not None:
                 del self._openers[opener]
         if self._account == account:
-            self._account = None  # its packed edges, all that account's, are gone
+            self._account = None  # its packed edges that name no account are gone
 
     def add_merged(self, actor_ids: Iterable[str]) -> None:
         if self._merged is None:
@@ -682,7 +719,8 @@ class Actor:
         found: set[str] = set()
         for item in self.items():
             if isinstance(item, bytes):
-                found.add(self.account or "")
+                own = _own_account(item)
+                found.add((self.account or "") if own is None else own)
             else:
                 found.update(_items(item._accounts))
         return found

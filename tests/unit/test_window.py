@@ -399,9 +399,10 @@ def test_a_victims_pseudonym_is_packed_as_the_bytes_its_digits_spell_and_reads_t
     assert actor.find(f"chirp:v_{digits[:-1]}5") is None and actor.find(f"v_{digits}") is None
 
 
-def test_edges_are_held_whole_when_they_cannot_be_packed_and_the_rule_sees_no_difference() -> None:
-    # An edge is an Edge object when its account is not its actor's, or when the table of
-    # region and category names is full: the same alerts either way.
+def test_edges_of_other_accounts_are_packed_with_them_and_the_rule_sees_no_difference() -> None:
+    # An edge whose account is not its actor's is packed naming that account; when the
+    # table of region and category names is full, edges are Edge objects. The alerts, the
+    # edges, and what erasing one account leaves are the same either way.
     from graph import window
 
     reports = [
@@ -410,23 +411,30 @@ def test_edges_are_held_whole_when_they_cannot_be_packed_and_the_rule_sees_no_di
         for n in range(12)
     ]  # fmt: skip
 
-    def alerts() -> tuple[list[dict[str, object]], list[type]]:
+    def held() -> tuple[list[dict[str, object]], list[type], list[dict[str, object]], set[str]]:
         rolling = graph()
         raised = [a.to_dict() for item in reports for a in rolling.apply("a", item, 0.0).alerts]
         actor = rolling.actor("a")
         assert actor is not None
-        return raised, [type(item) for item in actor.items()]
+        kinds, edges = [type(item) for item in actor.items()], [e.to_dict() for e in actor.edges()]
+        assert rolling.apply("a", reports[1], 0.0).outcome is Outcome.DUPLICATE  # acct-1's
+        rolling.erase("a", "chirp:acct-1", None)
+        actor = rolling.actor("a")
+        assert actor is not None and actor.accounts() == {"chirp:acct-0", "chirp:acct-2"}
+        return raised, kinds, edges, {edge.victim for edge in actor.edges()}
 
     limit = window._NAMES.limit
     window._NAMES.limit = len(window._NAMES.names)  # full: these regions are new to it
     try:
-        whole, kinds = alerts()
+        whole = held()
     finally:
         window._NAMES.limit = limit
-    assert kinds == [Edge] * 12
-    packed, kinds = alerts()
-    assert kinds == [bytes, Edge, Edge] * 4  # acct-0's packed, the other accounts' whole
-    assert whole == packed and [alert["level"] for alert in packed] == [3, 4]
+    assert whole[1] == [Edge] * 12
+    packed = held()
+    assert packed[1] == [bytes] * 12  # acct-0's, and the other accounts' naming them
+    assert whole[0] == packed[0] and [alert["level"] for alert in packed[0]] == [3, 4]
+    assert whole[2:] == packed[2:] and len(packed[3]) == 8
+    assert [edge["accounts"] for edge in packed[2]] == [[f"chirp:acct-{n % 3}"] for n in range(12)]
 
 
 def test_erasing_an_actors_account_leaves_no_trace_of_it_on_the_actor() -> None:
