@@ -375,8 +375,11 @@ class AliasResolver:
             merge = self._union(first, account)
             if merge is not None:
                 links.append(Link((first, account), signal))
-                # An account first seen in this very report has no state anywhere to move.
-                if merge.absorbed != new_actor:
+                # An account first seen in this very report has no state anywhere to move;
+                # nor has an actor named as the one it joins. That is an erased founding
+                # account come back: its new actor has the id of its old one, which the
+                # other accounts kept (`erase`), and the graph holds both under it.
+                if merge.absorbed not in (new_actor, merge.into):
                     merges.append(merge)
         return Resolution(
             self._find(account).actor_id, tuple(links), tuple(merges), tuple(hubs),

@@ -248,6 +248,8 @@ class PartitionGraph:
         if kind not in ("report", "merge", "await", "erase"):
             raise InvalidRecord(f"unknown record kind {kind!r}")
         actor = str(record["from"]) if kind == "merge" else key
+        if kind in ("merge", "await") and str(record["from"]) == str(record.get("into", key)):
+            raise InvalidRecord("an actor merged into itself")  # would go round forever
         if kind == "await" and self._take_early(actor, str(record["from"])):
             return Handled()
         hold = self._holds.get(actor)
@@ -260,6 +262,8 @@ class PartitionGraph:
 
     def _arrive(self, record: Record, now: float) -> Handled:
         into, absorbed = str(record["into"]), str(record["from"])
+        if into == absorbed:
+            raise InvalidRecord("an actor absorbed into itself")
         onward = self.graph.forwarded_to(into)
         if onward is not None:  # `into` itself merged away meanwhile: pass it on
             return Handled(sends=[(onward, record | {"into": onward})])
