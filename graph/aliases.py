@@ -263,6 +263,11 @@ class AliasResolver:
         # in a `_Value`, or in the root of its one account (most values: see `_Root`).
         self._values: dict[str, _Value | _Root] = {}
         self._hubs: set[str] = set()
+        # Ids kept by actors whose founding account was erased (`erase`): that account, back,
+        # founds a new actor, which must not share the id (a merge between two actors of one
+        # id went round between the graph's partitions forever). Never emptied: the graph
+        # may still forward the id. One per such erasure, which is rare.
+        self._kept_ids: set[str] = set()
         self._order = 0
         self.watermark = -math.inf
         # Retention: roots and values filed by the bucket of their newest time, checked
@@ -287,13 +292,13 @@ class AliasResolver:
         made = (self.secret, self.max_accounts_per_signal, self.link_by_text, self.window_seconds)
         state = (self._parent, self._values, self._hubs, self._order, self.watermark,
                  self._roots_due, self._values_due, self._checked_below,
-                 self._roots_retiring, self._values_retiring)  # fmt: skip
+                 self._roots_retiring, self._values_retiring, self._kept_ids)  # fmt: skip
         return (AliasResolver, made, state)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self._parent, self._values, self._hubs, self._order, self.watermark,
          self._roots_due, self._values_due, self._checked_below,
-         self._roots_retiring, self._values_retiring) = state  # fmt: skip
+         self._roots_retiring, self._values_retiring, self._kept_ids) = state  # fmt: skip
 
     @property
     def accounts(self) -> int:
@@ -318,7 +323,7 @@ class AliasResolver:
         account, moment = report.offender_key, report.event_time
         if moment < cutoff:  # too old to link; the graph drops it, nothing is remembered
             known_actor = account in self._parent
-            actor = self.actor_of(account) if known_actor else actor_id_for(account, self.secret)
+            actor = self.actor_of(account) if known_actor else self._new_actor_id(account)
             return Resolution(actor, watermark=self.watermark)
         new = account not in self._parent
         if not new:
@@ -330,7 +335,7 @@ class AliasResolver:
             elif moment > root.seen:
                 root.seen = moment
         if new:
-            root = _Root(account, actor_id_for(account, self.secret), self._order, moment)
+            root = _Root(account, self._new_actor_id(account), self._order, moment)
             self._parent[account] = root
             self._file(self._roots_due, account, moment)
             self._order += 1
@@ -375,16 +380,21 @@ class AliasResolver:
             merge = self._union(first, account)
             if merge is not None:
                 links.append(Link((first, account), signal))
-                # An account first seen in this very report has no state anywhere to move;
-                # nor has an actor named as the one it joins. That is an erased founding
-                # account come back: its new actor has the id of its old one, which the
-                # other accounts kept (`erase`), and the graph holds both under it.
-                if merge.absorbed not in (new_actor, merge.into):
+                # An account first seen in this very report has no state anywhere to move.
+                if merge.absorbed != new_actor:
                     merges.append(merge)
         return Resolution(
             self._find(account).actor_id, tuple(links), tuple(merges), tuple(hubs),
             self.watermark,
         )  # fmt: skip
+
+    def _new_actor_id(self, account: str) -> str:
+        """The id of a new actor founded by `account`: a keyed hash of it, unless an actor
+        whose founding account was erased lives on under that id (`_kept_ids`)."""
+        actor_id = actor_id_for(account, self.secret)
+        if actor_id in self._kept_ids:
+            actor_id = actor_id_for(f"{account}\x00{self._order}", self.secret)
+        return actor_id
 
     def _file(self, due: dict[int, list[str]], key: str, moment: float) -> None:
         if self.window_seconds is not None:
@@ -456,6 +466,8 @@ class AliasResolver:
         rest = [member for member in (root.account, *(root.members or ())) if member != account]
         del self._parent[account]
         if rest:  # the first remaining account is the root now, with the actor's identity
+            if actor_id_for(account, self.secret) == root.actor_id:
+                self._kept_ids.add(root.actor_id)  # its founder: see `_kept_ids`
             new_root = rest[0]
             for member in rest[1:]:
                 self._parent[member] = new_root
