@@ -50,6 +50,8 @@ _SET_AFTER = 8
 # An actor's edges: a tuple, searched in order, up to this many victims (most actors have
 # one to three: a tuple of three is 64 bytes, a dict 184-272), then a dict by victim.
 _TUPLE_EDGES = 8
+# Or, when every edge is packed, one `bytes` object for up to this many (see `Actor`).
+_BLOB_EDGES = 16
 
 
 def _add(values: Values | None, value: str) -> Values:
@@ -269,9 +271,9 @@ def _victim_text(code: bytes) -> str:
     return code.decode()
 
 
-# The victim length's top bit: the edge names its own account (an edge that came with an
-# absorbed actor, made by an account that is not its actor's), as the account's length
-# and UTF-8 after the victim. Such an edge is held in a tuple, not in its actor's bytes.
+# The victim length's top bit: the edge names its own account (one that is not its
+# actor's: an absorbed actor's edge, another account's report), as the account's length
+# and UTF-8 after the victim.
 _OWN_ACCOUNT: Final = 0x8000
 
 
@@ -481,11 +483,11 @@ class Actor:
     """One actor: live edges, the links that joined its accounts, and openers they used.
 
     Its edges are held in one of three ways (`_edges`), by what they need:
-    - `bytes` (most actors): every edge packed and made by the actor's one account, and at
-      most `_TUPLE_EDGES` of them, in one object with that account (`_blob`). An actor of
-      three one-report edges holds a 272-byte block where it held 464 bytes in five;
-    - a tuple of edges, packed (`bytes`, naming their own account when it is not the
-      actor's: `_OWN_ACCOUNT`) or not (`Edge`), in the order they came;
+    - `bytes` (most actors): every edge packed, at most `_BLOB_EDGES` of them, in one
+      object with the account of the first (`_blob`); an edge made by another account
+      names it (`_OWN_ACCOUNT`). An actor of three one-report edges holds a 272-byte block
+      where it held 464 bytes in five;
+    - a tuple of edges, packed (`bytes`) or not (`Edge`), in the order they came;
     - past `_TUPLE_EDGES`, a dict of them by victim.
     A new edge that cannot be packed in with the rest moves the actor to the tuple.
 
@@ -637,14 +639,14 @@ class Actor:
         """A new victim's edge (`find` of its victim is None), from `new_edge` or
         `compact`."""
         edges = self._edges
-        if isinstance(item, bytes) and not _names_account(item):  # made by the actor's account
-            if not edges:
+        if isinstance(item, bytes):  # packed by `new_edge`
+            if not edges and not _names_account(item):  # the first, the actor's account's
                 self._edges = _blob((self._account or "").encode(), [item], self.expires_at)
                 self._account = None
                 return
             if isinstance(edges, bytes):
                 count = _blob_count(edges)
-                if count < _TUPLE_EDGES:
+                if count < _BLOB_EDGES:
                     self._edges = b"".join((_TIME.pack(self.expires_at), bytes((count + 1,)),
                                             edges[9:], _LENGTH.pack(len(item)), item))  # fmt: skip
                     return
@@ -707,6 +709,9 @@ class Actor:
             accounts.discard(account)
             if not accounts and self._openers is not None:
                 del self._openers[opener]
+        edges = self._edges
+        if isinstance(edges, bytes) and _blob_account(edges) == account.encode():
+            self._spread()  # the edges left name their own accounts
         if self._account == account:
             self._account = None  # its packed edges that name no account are gone
 
