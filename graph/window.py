@@ -215,8 +215,9 @@ class Edge:
 
 
 class _Names:
-    """Region and category names by number, for packed edges: a few dozen in practice, and
-    never more than 65,536 (past that, new names go in `Edge` objects instead)."""
+    """Region, category and victim platform names by number, for packed edges: a few dozen
+    in practice, and never more than 65,536 (past that, new names go in `Edge` objects,
+    and victims as their text, instead)."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -240,7 +241,7 @@ _NAMES: Final = _Names()
 
 # A packed edge (one report): its time (first and last seen), region and category numbers,
 # the victim's length as packed, then the victim (`_victim_code`) and the report id in
-# UTF-8. 82 bytes for the worker's identifiers (a 96-byte block; 94 with the victim in
+# UTF-8. 79 bytes for the worker's identifiers (a 96-byte block; 94 with the victim in
 # UTF-8, a 112-byte one), where an `Edge` and its string took 256.
 _HEAD: Final = struct.Struct("<dHHH")
 _HEAD_SIZE: Final = 14
@@ -251,23 +252,25 @@ _LENGTH: Final = struct.Struct("<H")
 def _victim_code(victim: str) -> bytes:
     """A victim as packed edges hold it. A victim key ends in intake's pseudonym, `v_` and
     20 lowercase hex digits (`platform:v_...`, graph/identity.py): held as the byte 0xFF,
-    the 10 bytes the digits spell, then the platform in UTF-8, 12 bytes less than its
-    text. Any other victim is held in UTF-8, which never has the byte 0xFF."""
+    the 10 bytes the digits spell and the platform's number in `_NAMES`, 13 bytes where
+    its text took 28. Any other victim (or any, once the name table is full) is held in
+    UTF-8, which never has the byte 0xFF."""
     if len(victim) >= 23 and victim[-23:-20] == ":v_":
         digits = victim[-20:]
         try:
             raw = bytes.fromhex(digits)
         except ValueError:
             raw = b""
-        if len(raw) == 10 and raw.hex() == digits:  # not upper case, not spaced
-            return b"".join((b"\xff", raw, victim[:-23].encode()))
+        platform = _NAMES.id_of(victim[:-23]) if len(raw) == 10 else -1
+        if platform >= 0 and raw.hex() == digits:  # not upper case, not spaced
+            return b"".join((b"\xff", raw, _LENGTH.pack(platform)))
     return victim.encode()
 
 
 def _victim_text(code: bytes) -> str:
     """The victim that `_victim_code` gave `code` for."""
     if code[:1] == b"\xff":
-        return f"{code[11:].decode()}:v_{code[1:11].hex()}"
+        return f"{_NAMES.names[code[11] | code[12] << 8]}:v_{code[1:11].hex()}"
     return code.decode()
 
 

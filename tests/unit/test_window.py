@@ -374,8 +374,9 @@ def test_an_edge_of_one_report_is_held_packed_until_a_second_report_and_reads_th
 
 def test_a_victims_pseudonym_is_packed_as_the_bytes_its_digits_spell_and_reads_the_same() -> None:
     # Intake's victim pseudonyms (`v_` and 20 lowercase hex digits) are packed as the 10
-    # bytes the digits spell: 12 bytes less an edge. Victims that only look like one (upper
-    # case, a space, a digit more) are packed as their text, and none is taken for another.
+    # bytes the digits spell and the platform's number: 15 bytes less an edge here. Victims
+    # that only look like one (upper case, a space, a digit more) are packed as their text,
+    # and none is taken for another.
     rolling = graph()
     digits = "0123456789abcdef0123"
     victims = [f"v_{digits}", f"v_{digits.upper()}", f"v_{digits[:-1]} ", f"v_{digits}4",
@@ -391,12 +392,27 @@ def test_a_victims_pseudonym_is_packed_as_the_bytes_its_digits_spell_and_reads_t
     held = list(actor.items())
     assert [type(item) for item in held] == [bytes] * len(victims)
     sizes = [len(item) for item in held]
-    assert sizes[0] == sizes[1] - 12 and sizes[4] == sizes[1] - 12
+    assert sizes[0] == sizes[1] - 15 and sizes[4] == sizes[1] - 15
     assert [edge.victim for edge in actor.edges()] == [f"chirp:{victim}" for victim in victims]
     for victim in victims:
         edge = actor.find(f"chirp:{victim}")
         assert edge is not None and actor.unpacked(edge).victim == f"chirp:{victim}"
     assert actor.find(f"chirp:v_{digits[:-1]}5") is None and actor.find(f"v_{digits}") is None
+    # A platform new to a full name table: its victims are held as their text.
+    from graph import window
+
+    limit = window._NAMES.limit
+    window._NAMES.limit = len(window._NAMES.names)
+    try:
+        late = report("tom", f"v_{digits}", "kent", platform="brand-new", report_id="late")
+        assert rolling.apply("actor-1", late, now=0.0).outcome is Outcome.ACCEPTED
+        actor = rolling.actor("actor-1")
+        assert actor is not None
+        held = [item for item in actor.items() if isinstance(item, bytes) and b"late" in item]
+        assert len(held) == 1 and f"brand-new:v_{digits}".encode() in held[0]
+        assert actor.find(f"brand-new:v_{digits}") is not None
+    finally:
+        window._NAMES.limit = limit
 
 
 def test_edges_of_other_accounts_are_packed_with_them_and_the_rule_sees_no_difference() -> None:
