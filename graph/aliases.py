@@ -522,5 +522,5 @@ class AliasResolver:
         return Merge(absorbed=newer.actor_id, into=older.actor_id)
 
     def _fingerprint(self, signal: str, value: str) -> str:
-        key = f"{signal}\x00{value}"  # as before values were keyed by `_SIGNAL_CODES`
+        key = f"{signal}\x00{value}"  # the key before `_SIGNAL_CODES`: the same fingerprints
         return hmac.new(self.secret, key.encode(), hashlib.sha256).hexdigest()[:16]

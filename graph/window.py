@@ -3,11 +3,12 @@
 
 Memory and time per report are what bound linkwatch (the performance issue), so the layout
 is compact. An edge of one report, as most are, is packed into bytes (`_pack`): its time,
-its region and category as numbers (`_NAMES`), then its victim and report id; its account
-is its actor's `account`. An actor whose edges are all packed, as most are, holds them in
-one `bytes` object with that account, and the graph stores such an actor as those bytes
-alone (`Actor` explains). A second report, or an account other than the actor's, makes an
-edge an `Edge`: a slotted object whose multi-valued fields (regions, categories, report
+its region and category as numbers (`_NAMES`), then its victim (a pseudonym as the bytes
+its digits spell: `_victim_code`), the account that made it if that is not its actor's
+`account`, and its report id. An actor whose edges are all packed, as most are, holds up
+to 16 of them in one `bytes` object with its account, and the graph stores such an actor
+as those bytes alone (`Actor` explains). A second report makes an edge an `Edge`: a
+slotted object whose multi-valued fields (regions, categories, report
 ids, accounts) hold a single string until a second value arrives, then a tuple, and a set
 only past a handful; its victim and first report id share one string. Readers see every
 edge as an `Edge` (`Actor.edges()`). Expiry files each actor's id, not each edge, under a
@@ -289,7 +290,7 @@ def _pack(victim: str, region: str, moment: float, report_id: str, category: str
     encoded, report = _victim_code(victim), report_id.encode()
     own = b"" if account is None else account.encode()
     size = _HEAD_SIZE + len(encoded) + len(report) + (0 if account is None else 2 + len(own))
-    if region_id < 0 or category_id < 0 or size > 0xFFFF:  # and so the victim < 0x8000
+    if region_id < 0 or category_id < 0 or size > 0xFFFF or len(encoded) >= _OWN_ACCOUNT:
         return None
     if account is None:
         head = _HEAD.pack(moment, region_id, category_id, len(encoded))
@@ -388,8 +389,8 @@ def _blob_items(blob: bytes) -> list[bytes]:
 
 
 def _blob_find(blob: bytes, encoded: bytes) -> bytes | None:
-    """The packed edge of the victim `encoded` (`_victim_code`) in an actor's bytes: compared in
-    place, and copied out if found."""
+    """The packed edge of the victim `encoded` (`_victim_code`) in an actor's bytes:
+    compared in place, and copied out if found."""
     at = _blob_start(blob)
     for _ in range(_blob_count(blob)):
         end = _record_end(blob, at)

@@ -522,3 +522,13 @@ def test_an_edge_too_long_to_pack_is_held_whole() -> None:
     actor = rolling.actor("a")
     assert actor is not None and [type(item) for item in actor.items()] == [Edge]
     assert actor.edges()[0].victim == "chirp:" + "v" * 65_000
+    # Under 65,535 bytes, but past the 32,767 a packed victim's length may take: whole too.
+    for account, letter in (("tom", "w"), ("ann", "x")):
+        long = Report(f"r-{letter}", "chirp", 1e9, "harassment", account, letter * 40_000,
+                      "kent", {})  # fmt: skip
+        assert rolling.apply("a", long, now=0.0).outcome is Outcome.ACCEPTED
+    actor = rolling.actor("a")
+    assert actor is not None and [type(item) for item in actor.items()] == [Edge] * 3
+    assert [(edge.victim, edge.accounts) for edge in actor.edges()[1:]] == [
+        ("chirp:" + "w" * 40_000, {"chirp:tom"}), ("chirp:" + "x" * 40_000, {"chirp:ann"})
+    ]
