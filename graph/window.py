@@ -281,13 +281,14 @@ def _victim_text(code: bytes) -> str:
 _OWN_ACCOUNT: Final = 0x8000
 
 
-def _pack(victim: str, region: str, moment: float, report_id: str, category: str,
+def _pack(encoded: bytes, region: str, moment: float, report_id: str, category: str,
           account: str | None = None) -> bytes | None:  # fmt: skip
-    """One report's edge packed, with its `account` if that is not its actor's, or None
-    when it does not fit: a name table full, or more than the 65,535 bytes an actor's
-    `bytes` can give an edge (validation allows at most a few thousand)."""
+    """One report's edge packed (its victim `encoded` by `_victim_code`), with its
+    `account` if that is not its actor's, or None when it does not fit: a name table
+    full, or more than the 65,535 bytes an actor's `bytes` can give an edge (validation
+    allows at most a few thousand)."""
     region_id, category_id = _NAMES.id_of(region), _NAMES.id_of(category)
-    encoded, report = _victim_code(victim), report_id.encode()
+    report = report_id.encode()
     own = b"" if account is None else account.encode()
     size = _HEAD_SIZE + len(encoded) + len(report) + (0 if account is None else 2 + len(own))
     if region_id < 0 or category_id < 0 or size > 0xFFFF or len(encoded) >= _OWN_ACCOUNT:
@@ -575,12 +576,14 @@ class Actor:
             at = _record_end(edges, at)
         return victims
 
-    def find(self, victim: str) -> _Item | None:
-        """The victim's edge as held, packed or not."""
+    def find(self, victim: str, encoded: bytes | None = None) -> _Item | None:
+        """The victim's edge as held, packed or not; `encoded` is `_victim_code(victim)`
+        when the caller has it."""
         edges = self._edges
         if isinstance(edges, dict):
             return edges.get(victim)
-        encoded = _victim_code(victim)
+        if encoded is None:
+            encoded = _victim_code(victim)
         if isinstance(edges, bytes):
             return _blob_find(edges, encoded)
         for item in edges:
@@ -614,16 +617,18 @@ class Actor:
         return edge
 
     def new_edge(self, victim: str, region: str, moment: float, report_id: str,
-                 category: str, account: str) -> _Item:  # fmt: skip
+                 category: str, account: str, encoded: bytes | None = None) -> _Item:  # fmt: skip
         """A new victim's edge, packed: with its account when that is not the actor's (the
         first packed edge's)."""
         held = self.account
+        if encoded is None:
+            encoded = _victim_code(victim)
         if held is None or held == account:
-            packed = _pack(victim, region, moment, report_id, category)
+            packed = _pack(encoded, region, moment, report_id, category)
             if packed is not None and held is None:
                 self._account = account
         else:
-            packed = _pack(victim, region, moment, report_id, category, account)
+            packed = _pack(encoded, region, moment, report_id, category, account)
         if packed is not None:
             return packed
         return Edge(victim, region, moment, report_id, category, account)
@@ -894,11 +899,12 @@ class RollingGraph:
             if opener is not None:
                 actor.add_opener(opener, (report.offender_key,))
         victim, region = report.victim_key, report.victim_region
-        item = actor.find(victim)
+        encoded = _victim_code(victim)
+        item = actor.find(victim, encoded)
         if item is None:
             self._schedule(actor, moment)  # first: its bytes carry the expiry time
             actor.add_edge(actor.new_edge(victim, region, moment, report.report_id,
-                                          report.category, report.offender_key))  # fmt: skip
+                                          report.category, report.offender_key, encoded))  # fmt: skip
             self.live_edges += 1
             return Applied(Outcome.ACCEPTED, self._check(actor, now, (moment, region)))
         if _has_report(item, report.report_id):
