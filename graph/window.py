@@ -903,8 +903,9 @@ class RollingGraph:
         item = actor.find(victim, encoded)
         if item is None:
             self._schedule(actor, moment)  # first: its bytes carry the expiry time
-            actor.add_edge(actor.new_edge(victim, region, moment, report.report_id,
-                                          report.category, report.offender_key, encoded))  # fmt: skip
+            item = actor.new_edge(victim, region, moment, report.report_id, report.category,
+                                  report.offender_key, encoded)  # fmt: skip
+            actor.add_edge(item)
             self.live_edges += 1
             return Applied(Outcome.ACCEPTED, self._check(actor, now, (moment, region)))
         if _has_report(item, report.report_id):

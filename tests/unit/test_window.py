@@ -530,5 +530,6 @@ def test_an_edge_too_long_to_pack_is_held_whole() -> None:
     actor = rolling.actor("a")
     assert actor is not None and [type(item) for item in actor.items()] == [Edge] * 3
     assert [(edge.victim, edge.accounts) for edge in actor.edges()[1:]] == [
-        ("chirp:" + "w" * 40_000, {"chirp:tom"}), ("chirp:" + "x" * 40_000, {"chirp:ann"})
+        ("chirp:" + "w" * 40_000, {"chirp:tom"}),
+        ("chirp:" + "x" * 40_000, {"chirp:ann"}),
     ]
