@@ -438,9 +438,7 @@ class AliasResolver:
                 continue
             seen = held.value_seen if isinstance(held, _Root) else held.seen
             if seen < cutoff:
-                del self._values[key]
-                if isinstance(held, _Root):
-                    held.value_seen = _NO_VALUE
+                self._drop_value(key)
             else:
                 self._file(self._values_due, key, seen)
         if not (roots or values):  # caught up: the tables may shrink
@@ -457,12 +455,8 @@ class AliasResolver:
         root = self._find(account)
         for key in list(self._values):
             held = self._values[key]
-            if isinstance(held, _Root):
-                if held.account == account:
-                    held.value_seen = _NO_VALUE
-                    del self._values[key]
-            elif held.drop(account):
-                del self._values[key]
+            if held.account == account if isinstance(held, _Root) else held.drop(account):
+                self._drop_value(key)
         rest = [member for member in (root.account, *(root.members or ())) if member != account]
         del self._parent[account]
         if rest:  # the first remaining account is the root now, with the actor's identity
@@ -478,6 +472,12 @@ class AliasResolver:
             if account in bucket:
                 bucket[:] = [root for root in bucket if root != account]
         return root.actor_id
+
+    def _drop_value(self, key: str) -> None:
+        """Forget a signal value; a root that held it may hold another."""
+        held = self._values.pop(key)
+        if isinstance(held, _Root):
+            held.value_seen = _NO_VALUE
 
     def _forget(self, root: _Root) -> None:
         """Forget an actor whose every account's last report has left the window."""

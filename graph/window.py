@@ -320,8 +320,7 @@ def _own_account(packed: bytes) -> str | None:
     """The account a packed edge names (`_OWN_ACCOUNT`), or None: its actor's."""
     if not _names_account(packed):
         return None
-    at = _HEAD_SIZE + _victim_length(packed)
-    return packed[at + 2 : at + 2 + (packed[at] | packed[at + 1] << 8)].decode()
+    return packed[_HEAD_SIZE + _victim_length(packed) + 2 : _report_start(packed)].decode()
 
 
 def _time_at(packed: bytes, at: int) -> float:
@@ -688,9 +687,13 @@ class Actor:
     def holds_account(self, item: _Item, account: str) -> bool:
         """Whether `account` made the edge `item` (one of this actor's)."""
         if isinstance(item, bytes):
-            own = _own_account(item)
-            return (self.account if own is None else own) == account
+            return self._made_by(item) == account
         return _has(item._accounts, account)
+
+    def _made_by(self, packed: bytes) -> str:
+        """The account that made a packed edge of this actor's: its own, or the actor's."""
+        own = _own_account(packed)
+        return (self.account or "") if own is None else own
 
     @property
     def links(self) -> list[Link]:
@@ -733,8 +736,7 @@ class Actor:
         found: set[str] = set()
         for item in self.items():
             if isinstance(item, bytes):
-                own = _own_account(item)
-                found.add((self.account or "") if own is None else own)
+                found.add(self._made_by(item))
             else:
                 found.update(_items(item._accounts))
         return found
