@@ -113,7 +113,11 @@ def peer_rate(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     )
     if result.returncode != 0:
         raise RuntimeError(f"the Quix Streams baseline failed:\n{result.stderr[-2000:]}")
-    return dict(orjson.loads(result.stdout.strip().splitlines()[-1]))
+    peer = dict(orjson.loads(result.stdout.strip().splitlines()[-1]))
+    # Its rate counts only if every report it read went through its state.
+    if peer["messages"] != count or peer["stated"] != peer["reports"]:
+        raise RuntimeError(f"the Quix Streams baseline stopped short: {peer}")
+    return peer
 
 
 def no_broker_rate(messages: list[bytes]) -> float:
@@ -716,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(one["per_s"] / ceiling_rate, 4),
         "peer_per_s": round(peer["per_s"]),
         "vs_peer": round(one["per_s"] / peer["per_s"], 2),
+        "peer_reports_stated": peer["stated"],
         "no_broker_per_s": round(in_process),
         "producer_per_s": round(produce_rate),
         "worker_cpu_us_per_report": one["cpu_us_per_report"],
