@@ -81,6 +81,14 @@ TRIM_IDLE = 0.5
 RENEW_AFTER_BYTES = 16 << 20
 RENEW_IDLE = 2.0
 RENEW_EVERY = 60.0
+# What each end of a socket pair may have written and not yet read (SO_SNDBUF; on a Unix
+# socket the writer's buffer is the whole queue). A batch of a few thousand reports and
+# its answer are a few hundred KB: with the default, 208 KB, the writer stopped part way
+# until the reader had taken the first part, and the worker's loop took the rest of an
+# answer, or sent the rest of a batch, only at a later turn, after whatever agent had the
+# loop meanwhile. Linux caps what is asked at `net.core.wmem_max` (and doubles it); with
+# the usual 208 KB cap a buffer is 416 KB, where this machine's 4 MB gives 8 MB.
+SOCKET_BUFFER = 4 << 20
 
 
 class Offload(Generic[C, R]):
@@ -399,6 +407,8 @@ class _Child(Generic[C, R]):
     def _start(self) -> None:
         spawn = multiprocessing.get_context("spawn")
         self._socket, theirs = socket.socketpair()
+        for end in (self._socket, theirs):  # the child's end keeps it when it is passed on
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         self._socket.setblocking(False)  # the loop's sock_* calls wait in the selector
         self._process = spawn.Process(
             target=_serve, args=(theirs, *self._target), name=self._target[2], daemon=True

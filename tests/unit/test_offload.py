@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
+import struct
+import termios
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -280,6 +283,39 @@ def test_an_intake_process_is_renewed_once_it_is_idle_after_a_burst(
     assert after != before
     assert not _running(before)  # the old one is gone
     assert offload.metrics.internal_errors._value.get() == 0
+
+
+def _answer_of(size: int, context: object) -> bytes:
+    return b"x" * size
+
+
+def test_an_answer_waits_whole_while_the_workers_loop_is_busy() -> None:
+    """The worker's loop may be busy with another agent when a child answers. The answer (a
+    batch's rows: a few hundred KB) must then wait in the socket whole, so that the loop
+    reads it at its next turn, rather than the child stopping part way and the loop taking
+    the rest a turn later (`SOCKET_BUFFER`; the kernel caps it at net.core.wmem_max)."""
+    cap = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    size = min(offload_module.SOCKET_BUFFER, cap)
+    offload = Offload(1, _answer_of, dict, Metrics())
+    (child,) = offload._children
+
+    async def answer_while_busy() -> tuple[int, list[bytes]]:
+        call = asyncio.ensure_future(offload.map([(size,)]))
+        for _ in range(10):  # the request goes out; the call then waits for the answer
+            await asyncio.sleep(0)
+        queued, deadline = 0, time.monotonic() + 10
+        while queued < size and time.monotonic() < deadline:
+            time.sleep(0.05)  # the loop is busy: nothing reads the socket meanwhile
+            raw = fcntl.ioctl(child.socket, termios.FIONREAD, b"\0" * 4)
+            queued = struct.unpack("i", raw)[0]
+        return queued, await call
+
+    try:
+        queued, answers = asyncio.run(answer_while_busy())
+    finally:
+        offload.close()
+    assert queued >= size
+    assert answers == [b"x" * size]
 
 
 def _running(pid: int) -> bool:
