@@ -293,9 +293,12 @@ def test_an_answer_waits_whole_while_the_workers_loop_is_busy() -> None:
     """The worker's loop may be busy with another agent when a child answers. The answer (a
     batch's rows: a few hundred KB) must then wait in the socket whole, so that the loop
     reads it at its next turn, rather than the child stopping part way and the loop taking
-    the rest a turn later (`SOCKET_BUFFER`; the kernel caps it at net.core.wmem_max)."""
+    the rest a turn later (`SOCKET_BUFFER`). The kernel grants twice what is asked, up to
+    twice net.core.wmem_max; without the setting a writer stops at about 210 KB (the
+    default) whatever the cap, so an answer of 1.5 times the cap tells the two apart
+    on any host."""
     cap = int(Path("/proc/sys/net/core/wmem_max").read_text())
-    size = min(offload_module.SOCKET_BUFFER, cap)
+    size = min(offload_module.SOCKET_BUFFER, cap) * 3 // 2
     offload = Offload(1, _answer_of, dict, Metrics())
     (child,) = offload._children
 
