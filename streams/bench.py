@@ -103,10 +103,10 @@ async def ceiling(bootstrap: str, topic: str, expected: int) -> float:
         await consumer.stop()
 
 
-def peer_rate(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+def peer_rate(bootstrap: str, topic: str, count: int, broker_pid: int) -> dict[str, Any]:
     """The Quix Streams baseline (streams/peer.py), in its own process, on the same topic."""
     result = subprocess.run(
-        [sys.executable, "-m", "streams.peer", bootstrap, topic, str(count)],
+        [sys.executable, "-m", "streams.peer", bootstrap, topic, str(count), str(broker_pid)],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         in_process = no_broker_rate(messages)
         resolver_only = resolver_rate(messages)
         say("peer: Quix Streams, same topic")
-        peer = peer_rate(settings.bootstrap, settings.reports_topic, len(messages))
+        peer = peer_rate(settings.bootstrap, settings.reports_topic, len(messages), broker.pid)
 
         # The empty worker's RSS (with its child processes), on topics of its own, is the
         # baseline for bytes per edge.
@@ -721,6 +721,10 @@ def main(argv: list[str] | None = None) -> int:
         "peer_per_s": round(peer["per_s"]),
         "vs_peer": round(one["per_s"] / peer["per_s"], 2),
         "peer_reports_stated": peer["stated"],
+        # The CPU a message cost the peer's process and the broker, beside linkwatch's
+        # (`worker_cpu_us_per_report`: the worker and its child processes) from this run.
+        "peer_cpu_us_per_report": round(peer["cpu_s"] / peer["messages"] * 1e6, 1),
+        "peer_broker_cpu_us_per_report": round(peer["broker_cpu_s"] / peer["messages"] * 1e6, 1),
         "no_broker_per_s": round(in_process),
         "producer_per_s": round(produce_rate),
         "worker_cpu_us_per_report": one["cpu_us_per_report"],

@@ -1,6 +1,6 @@
 """The Quix Streams baseline for `make bench`: the same per-actor distinct-region rule.
 
-Run as its own process (`python -m streams.peer BOOTSTRAP TOPIC COUNT`). It reads the
+Run as its own process (`python -m streams.peer BOOTSTRAP TOPIC COUNT [BROKER_PID]`). It reads the
 reports topic, drops what is not a report object, groups by offender account (a repartition
 through Kafka, as linkwatch's own), keeps each actor's distinct regions in Quix's RocksDB
 state, and flags an actor at three. It is a baseline, not linkwatch: no aliases, window or
@@ -12,6 +12,9 @@ state. The group_by puts a Kafka topic between reading and state, so the two sta
 apart: until session 24 the peer stopped at its COUNT-th message read, when about a quarter
 of the reports had reached the state, and its rate was that of reading and repartitioning.
 `messages`, `reports` and `stated` let the bench check that every report was stated.
+`cpu_s` is the CPU its process (all its threads: librdkafka's and RocksDB's too) used over
+that stretch, and `broker_cpu_s` the broker's (given its pid), so that the bench can set
+linkwatch's CPU a report beside the peer's from the same run (since session 26).
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from typing import Any
 import orjson
 from quixstreams import Application, State
 
+from streams.bench import cpu_seconds
+
 
 def main(argv: list[str]) -> int:
     bootstrap, topic_name, count = argv[0], argv[1], int(argv[2])
+    broker = int(argv[3]) if len(argv) > 3 else None
     app = Application(
         broker_address=bootstrap,
         consumer_group=f"peer-{uuid.uuid4().hex[:8]}",
@@ -37,15 +43,22 @@ def main(argv: list[str]) -> int:
     )
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="bytes")
     seen = {"n": 0, "reports": 0, "stated": 0, "first": 0.0, "last": 0.0, "alerts": 0}
+    cpu = {"first": (0.0, 0.0), "last": (0.0, 0.0)}  # (its own, the broker's) CPU seconds
+
+    def cpu_now() -> tuple[float, float]:
+        return time.process_time(), cpu_seconds(broker) if broker is not None else 0.0
 
     def done() -> None:
         if seen["n"] >= count and seen["stated"] >= seen["reports"]:
+            if cpu["last"] == (0.0, 0.0):
+                cpu["last"] = cpu_now()
             app.stop()
 
     def parse(value: bytes) -> Any:
         seen["n"] += 1
         if seen["n"] == 1:
             seen["first"] = time.perf_counter()
+            cpu["first"] = cpu_now()
         try:
             document = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -81,9 +94,11 @@ def main(argv: list[str]) -> int:
     # To the last report through the state, not to the app's shutdown: the peer's own
     # closing (its final commit, leaving the group) is not counted against it.
     elapsed = seen["last"] - seen["first"]
+    (own, broker_cpu), (own_first, broker_first) = cpu["last"], cpu["first"]
     print(orjson.dumps({"per_s": seen["n"] / elapsed, "messages": seen["n"],
                         "reports": seen["reports"], "stated": seen["stated"],
-                        "actors_flagged": seen["alerts"]}).decode())  # fmt: skip
+                        "actors_flagged": seen["alerts"], "cpu_s": own - own_first,
+                        "broker_cpu_s": broker_cpu - broker_first}).decode())  # fmt: skip
     return 0
 
 
