@@ -1,10 +1,10 @@
 """The Quix Streams baseline for `make bench`: the same per-actor distinct-region rule.
 
-Run as its own process (`python -m streams.peer BOOTSTRAP TOPIC COUNT [BROKER_PID]`). It reads the
-reports topic, drops what is not a report object, groups by offender account (a repartition
-through Kafka, as linkwatch's own), keeps each actor's distinct regions in Quix's RocksDB
-state, and flags an actor at three. It is a baseline, not linkwatch: no aliases, window or
-episodes.
+Run as its own process (`python -m streams.peer BOOTSTRAP TOPIC COUNT [BROKER_PID]`). It
+reads the reports topic, drops what is not a report object, groups by offender account (a
+repartition through Kafka, as linkwatch's own), keeps each actor's distinct regions in
+Quix's RocksDB state, and flags an actor at three. It is a baseline, not linkwatch: no
+aliases, window or episodes.
 
 It prints, as JSON, the rate from its first message read to the last report through its
 state, once it has read COUNT messages and every report among them has been through the
@@ -43,22 +43,23 @@ def main(argv: list[str]) -> int:
     )
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="bytes")
     seen = {"n": 0, "reports": 0, "stated": 0, "first": 0.0, "last": 0.0, "alerts": 0}
-    cpu = {"first": (0.0, 0.0), "last": (0.0, 0.0)}  # (its own, the broker's) CPU seconds
+    # (its own, the broker's) CPU seconds at its first message read, and when it stops
+    cpu: list[tuple[float, float]] = []
 
     def cpu_now() -> tuple[float, float]:
         return time.process_time(), cpu_seconds(broker) if broker is not None else 0.0
 
     def done() -> None:
         if seen["n"] >= count and seen["stated"] >= seen["reports"]:
-            if cpu["last"] == (0.0, 0.0):
-                cpu["last"] = cpu_now()
+            if len(cpu) == 1:
+                cpu.append(cpu_now())
             app.stop()
 
     def parse(value: bytes) -> Any:
         seen["n"] += 1
         if seen["n"] == 1:
             seen["first"] = time.perf_counter()
-            cpu["first"] = cpu_now()
+            cpu.append(cpu_now())
         try:
             document = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -94,7 +95,7 @@ def main(argv: list[str]) -> int:
     # To the last report through the state, not to the app's shutdown: the peer's own
     # closing (its final commit, leaving the group) is not counted against it.
     elapsed = seen["last"] - seen["first"]
-    (own, broker_cpu), (own_first, broker_first) = cpu["last"], cpu["first"]
+    (own_first, broker_first), (own, broker_cpu) = cpu
     print(orjson.dumps({"per_s": seen["n"] / elapsed, "messages": seen["n"],
                         "reports": seen["reports"], "stated": seen["stated"],
                         "actors_flagged": seen["alerts"], "cpu_s": own - own_first,
