@@ -117,6 +117,9 @@ def peer_rate(bootstrap: str, topic: str, count: int, broker_pid: int) -> dict[s
     # Its rate counts only if every report it read went through its state.
     if peer["messages"] != count or peer["stated"] != peer["reports"]:
         raise RuntimeError(f"the Quix Streams baseline stopped short: {peer}")
+    # Its CPU, read at its first message and when it stopped, is set beside linkwatch's.
+    if not (peer["cpu_s"] > 0 and peer["broker_cpu_s"] > 0):
+        raise RuntimeError(f"the Quix Streams baseline's CPU was not read: {peer}")
     return peer
 
 
