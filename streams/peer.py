@@ -1,6 +1,6 @@
 """The Quix Streams baseline for `make bench`: the same per-actor distinct-region rule.
 
-Run as its own process (`python -m streams.peer BOOTSTRAP TOPIC COUNT [BROKER_PID]`). It
+Run as its own process (`python -m streams.peer BOOTSTRAP TOPIC COUNT BROKER_PID`). It
 reads the reports topic, drops what is not a report object, groups by offender account (a
 repartition through Kafka, as linkwatch's own), keeps each actor's distinct regions in
 Quix's RocksDB state, and flags an actor at three. It is a baseline, not linkwatch: no
@@ -13,7 +13,7 @@ apart: until session 24 the peer stopped at its COUNT-th message read, when abou
 of the reports had reached the state, and its rate was that of reading and repartitioning.
 `messages`, `reports` and `stated` let the bench check that every report was stated.
 `cpu_s` is the CPU its process (all its threads: librdkafka's and RocksDB's too) used over
-that stretch, and `broker_cpu_s` the broker's (given its pid), so that the bench can set
+that stretch, and `broker_cpu_s` the broker's, so that the bench can set
 linkwatch's CPU a report beside the peer's from the same run (since session 26).
 """
 
@@ -32,8 +32,7 @@ from streams.bench import cpu_seconds
 
 
 def main(argv: list[str]) -> int:
-    bootstrap, topic_name, count = argv[0], argv[1], int(argv[2])
-    broker = int(argv[3]) if len(argv) > 3 else None
+    bootstrap, topic_name, count, broker = argv[0], argv[1], int(argv[2]), int(argv[3])
     app = Application(
         broker_address=bootstrap,
         consumer_group=f"peer-{uuid.uuid4().hex[:8]}",
@@ -47,7 +46,7 @@ def main(argv: list[str]) -> int:
     cpu: list[tuple[float, float]] = []
 
     def cpu_now() -> tuple[float, float]:
-        return time.process_time(), cpu_seconds(broker) if broker is not None else 0.0
+        return time.process_time(), cpu_seconds(broker)
 
     def done() -> None:
         if seen["n"] >= count and seen["stated"] >= seen["reports"]:
