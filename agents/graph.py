@@ -10,7 +10,6 @@ raised when its input is replayed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send, packs
+from agents.replay import TAKE, WITHIN, HeldAcks, Message, PartitionedState, Send, packs
 from graph.records import PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import actor_partition, read_partitions
@@ -126,6 +125,7 @@ def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:
     """The agent body for the actor-reports topic."""
 
     async def graph_agent(stream: Any) -> None:
+        acks = HeldAcks(stream)
         async for events in stream.take_events(TAKE, within=WITHIN):
             deliveries: list[Any] = []
             now = time.time()
@@ -135,7 +135,7 @@ def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:
                     if record.timestamp is not None:
                         stage.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
             # The batch is acked only once Kafka has everything it produced.
-            await asyncio.gather(*deliveries)
             stage.refresh_gauges()
+            await acks.hold(events, deliveries)
 
     return graph_agent

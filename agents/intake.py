@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agents.children import Intake, Refused, validate_batch, validate_fetched
-from agents.replay import TAKE, WITHIN, Send
+from agents.replay import TAKE, WITHIN, HeldAcks, Send
 from graph.identity import Pseudonyms
 from streams.fetched import Fetched, RawFetch
 from streams.metrics import Metrics
@@ -35,6 +35,7 @@ def make_intake(
         offload = Offload(settings.intake_processes, validate_fetched, settings.pseudonyms, metrics)
         renewing = asyncio.ensure_future(offload.renew_when_idle())
         try:
+            acks = HeldAcks(stream)
             async for events in stream.take_events(TAKE, within=WITHIN):
                 # Each event is one partition's fetch (streams/transport.py), a `RawFetch`
                 # whose records the intake process reads (streams/fetched.py).
@@ -49,7 +50,7 @@ def make_intake(
                     deliveries.append(
                         await send(settings.identity_topic, None, message, 0, timestamp, None)
                     )
-                await asyncio.gather(*deliveries)
+                await acks.hold(events, deliveries)
         finally:
             renewing.cancel()
             offload.close()

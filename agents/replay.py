@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -21,7 +22,16 @@ from typing import Any, Generic, Protocol, TypeVar
 from agents.children import PACK, packs
 from streams.kafka import read_partitions
 
-__all__ = ["PACK", "TAKE", "WITHIN", "Message", "PartitionedState", "Send", "packs"]
+__all__ = [
+    "PACK",
+    "TAKE",
+    "WITHIN",
+    "HeldAcks",
+    "Message",
+    "PartitionedState",
+    "Send",
+    "packs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,8 @@ Send = Callable[..., Awaitable[Awaitable[Any]]]
 # WITHIN seconds for more: enough to amortise producing, short enough for latency.
 TAKE = 8
 WITHIN = 0.01
+# Takes whose sends may still await Kafka's acks while the agent works the next (`HeldAcks`).
+IN_FLIGHT = 2
 
 
 class Message(Protocol):
@@ -158,3 +170,37 @@ class PartitionedState(Generic[S]):
             if partition in self.owned:
                 self._partitions[partition] = part
             return part
+
+
+class HeldAcks:
+    """Each take's events acked once Kafka has everything the take produced, in the order
+    taken, while the agent goes on to its next take.
+
+    Faust acks a take's events when the agent asks for the next one; an agent that awaited
+    its sends first left its child process idle for the wait. Here each event's message
+    is held (its refcount) past Faust's ack, and released in order once the take's
+    deliveries are done, so the commit never passes a report whose output Kafka does not
+    have. At most IN_FLIGHT takes wait so; a failed send fails the agent (and the
+    worker) at its next take, as an awaited one did."""
+
+    def __init__(self, stream: Any, in_flight: int = IN_FLIGHT) -> None:
+        self.stream = stream
+        self.in_flight = in_flight
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    async def hold(self, events: list[Any], deliveries: list[Any]) -> None:
+        for event in events:
+            event.message.incref()
+        after = self._waiting[-1] if self._waiting else None
+        self._waiting.append(asyncio.ensure_future(self._ack(events, deliveries, after)))
+        while self._waiting and (len(self._waiting) > self.in_flight or self._waiting[0].done()):
+            await self._waiting.popleft()
+
+    async def _ack(
+        self, events: list[Any], deliveries: list[Any], after: asyncio.Future[None] | None
+    ) -> None:
+        await asyncio.gather(*deliveries)
+        if after is not None:
+            await after
+        for event in events:
+            await self.stream.ack(event)

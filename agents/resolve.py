@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from agents.children import Resolved, Resolvers, discard, on_resolvers
-from agents.replay import TAKE, WITHIN, Message, PartitionedState, Send
+from agents.replay import TAKE, WITHIN, HeldAcks, Message, PartitionedState, Send
 from streams import memory
 from streams.metrics import Metrics
 from streams.offload import RENEW_EVERY, RENEW_IDLE, StateProcess
@@ -182,11 +182,12 @@ def make_resolve_agent(stage: ResolveStage) -> Callable[[Any], Awaitable[None]]:
     """The agent body for the identity topic."""
 
     async def resolve_agent(stream: Any) -> None:
+        acks = HeldAcks(stream)
         async for events in stream.take_events(TAKE, within=WITHIN):
             deliveries: list[Any] = []
             for event in events:
                 for record in event.message.value:
                     deliveries += await stage.partitions.process(record.partition, record)
-            await asyncio.gather(*deliveries)
+            await acks.hold(events, deliveries)
 
     return resolve_agent
