@@ -201,6 +201,9 @@ class HeldAcks:
     ) -> None:
         await asyncio.gather(*deliveries)
         if after is not None:
-            await after
+            try:
+                await after
+            except Exception:  # the take before failed: the agent fails on that one
+                return  # and this take is not acked either
         for event in events:
             await self.stream.ack(event)
