@@ -1,4 +1,5 @@
-"""State rebuilt by replay: what the resolver and graph agents share.
+"""State rebuilt by replay: what the resolver and graph agents share; and acks held past an
+agent's next take (`HeldAcks`), which intake uses too.
 
 A stateful stage here keeps its state in memory, one value per input partition it owns.
 The state is a deterministic function of the partition's messages in order, so when a
@@ -177,11 +178,12 @@ class HeldAcks:
     taken, while the agent goes on to its next take.
 
     Faust acks a take's events when the agent asks for the next one; an agent that awaited
-    its sends first left its child process idle for the wait. Here each event's message
-    is held (its refcount) past Faust's ack, and released in order once the take's
-    deliveries are done, so the commit never passes a report whose output Kafka does not
-    have. At most IN_FLIGHT takes wait so; a failed send fails the agent (and the
-    worker) at its next take, as an awaited one did."""
+    its sends first kept the next take (and its child process) waiting for Kafka's acks.
+    Here each event's message is held (its refcount) past Faust's ack, and released in
+    order once the take's deliveries are done, so the commit never passes a report whose
+    output Kafka does not have. At most IN_FLIGHT takes wait so. A failed send fails the
+    agent (and the worker) at its next take, where an awaited one failed it at once;
+    until then neither that take nor any after it is acked, so a restart redoes them."""
 
     def __init__(self, stream: Any, in_flight: int = IN_FLIGHT) -> None:
         self.stream = stream
