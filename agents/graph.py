@@ -134,8 +134,8 @@ def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:
                     deliveries += await stage.partitions.process(record.partition, record)
                     if record.timestamp is not None:
                         stage.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
-            # The batch is acked only once Kafka has everything it produced.
             stage.refresh_gauges()
+            # The batch is acked only once Kafka has everything it produced.
             await acks.hold(events, deliveries)
 
     return graph_agent
