@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PACK",
+    "PACK_BYTES",
     "Intake",
     "Refused",
     "Resolved",
@@ -42,18 +43,35 @@ __all__ = [
     "Validated",
     "discard",
     "on_resolvers",
-    "packs",
+    "packed",
     "validate_batch",
     "validate_fetched",
 ]
 
-# Records per message on the internal topics: a few hundred KB, well under Kafka's 1 MB.
+# Records per message on the internal topics, and bytes. Kafka takes a message of at most
+# 1 MB (the producer's max_request_size, the broker's message.max.bytes), and a report of
+# up to 64 KiB can become a row of about 180 KB once pseudonymised (offender signals the
+# linker does not use are kept), so a pack is split by size too. Typical packs are about
+# 100 KB and are not split.
 PACK = 500
+PACK_BYTES = 512 * 1024
 
 
-def packs(items: list[Any]) -> list[list[Any]]:
-    """Split what one batch produced into messages of at most PACK records, in order."""
-    return [items[start : start + PACK] for start in range(0, len(items), PACK)]
+def packed(items: list[Any]) -> list[bytes]:
+    """What one batch produced, encoded as messages of at most PACK records and PACK_BYTES
+    bytes (a record larger than that alone goes alone), in order."""
+    messages: list[bytes] = []
+    for start in range(0, len(items), PACK):
+        messages += _within_bytes(items[start : start + PACK])
+    return messages
+
+
+def _within_bytes(pack: list[Any]) -> list[bytes]:
+    data = orjson.dumps(pack)
+    if len(data) <= PACK_BYTES or len(pack) == 1:
+        return [data]
+    half = len(pack) // 2
+    return _within_bytes(pack[:half]) + _within_bytes(pack[half:])
 
 
 # What a batch becomes: the identity topic's messages (packed rows, encoded, in input
@@ -82,7 +100,7 @@ def validate_batch(
         row += (partitions[index], offsets[index])
         rows.append(row)
     # Packed: the resolver's one partition sees them in this order.
-    return [orjson.dumps(pack) for pack in packs(rows)], rejected
+    return packed(rows), rejected
 
 
 # A rejected report of a fetch: (input partition, offset, key, original value, reason, detail).
@@ -181,10 +199,10 @@ class Resolvers:
         with memory.transient():
             # One message per partition: the records of this batch for that partition, in
             # order.
-            packed = [(target, orjson.dumps(pack))
-                      for target, entries in sorted(routed.entries.items())
-                      for pack in packs(entries)]  # fmt: skip
-            return Resolved(packed, routed.hubs, routed.erased, routed.errors,
+            messages = [(target, message)
+                        for target, entries in sorted(routed.entries.items())
+                        for message in packed(entries)]  # fmt: skip
+            return Resolved(messages, routed.hubs, routed.erased, routed.errors,
                             state.resolver.accounts, routed.redelivered)  # fmt: skip
 
     def export(self) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from agents.replay import TAKE, WITHIN, HeldAcks, Message, PartitionedState, Send, packs
+from agents.replay import TAKE, WITHIN, HeldAcks, Message, PartitionedState, Send, packed
 from graph.records import PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import actor_partition, read_partitions
@@ -102,10 +102,10 @@ class GraphStage:
                 onward.setdefault(target, []).append([target_key, absorb])
         deliveries = []
         for target, entries in sorted(onward.items()):
-            for pack in packs(entries):
+            for pack in packed(entries):
                 deliveries.append(
-                    await self.send(self.settings.actor_reports_topic, None, orjson.dumps(pack),
-                                    target, None, None)
+                    await self.send(self.settings.actor_reports_topic, None, pack, target, None,
+                                    None)
                 )  # fmt: skip
         for alert in alerts:
             self.metrics.alerts.labels(kind=alert.kind).inc()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from agents.children import PACK, packs
+from agents.children import PACK, packed
 from streams.kafka import read_partitions
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
     "Message",
     "PartitionedState",
     "Send",
-    "packs",
+    "packed",
 ]
 
 log = logging.getLogger(__name__)

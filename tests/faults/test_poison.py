@@ -305,6 +305,42 @@ def test_anything_posted_to_the_intake_api_is_answered_item_by_item_or_refused(
     print(f"API answers {dict(target.api_statuses)}, items {dict(target.api_items)}")
 
 
+def test_valid_reports_at_the_size_limit_all_go_through(target: Target) -> None:
+    """Reports just under the 64 KiB limit, most of it offender signals the linker does
+    not use: each becomes an identity row of about 180 KB, so a batch of them must reach
+    the resolver and the graph in messages under Kafka's 1 MiB, not as one pack of 24."""
+    worker, topic = target.worker, target.deployment.settings.reports_topic
+    before, accepted = processed(worker), "linkwatch_reports_total{'outcome': 'accepted'}"
+    accepted_before = counters(worker)[accepted]
+    sent = []
+    for number in range(24):
+        signals = {"phone_hash": f"limit-phone-{number % 3}"}
+        signals |= {f"x{index}": "v" for index in range(5_400)}
+        report = make_report(f"limit.{number}", f"limit-victim-{number}", "kent",
+                             report_id=f"limit-{number}", signals=signals)  # fmt: skip
+        value = orjson.dumps(report)
+        assert 60 * 1024 < len(value) <= 64 * 1024, len(value)
+        sent.append(value)
+    # In one record batch, so that they reach intake in one fetch, as a backlog does.
+    producer = KafkaProducer(
+        bootstrap_servers=target.deployment.settings.bootstrap,
+        acks="all",
+        linger_ms=60_000,
+        batch_size=4 << 20,
+        max_request_size=4 << 20,
+    )
+    try:
+        for value in sent:
+            producer.send(topic, value=value, partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+    settle(target, before + len(sent))
+    assert processed(worker) == before + len(sent)
+    assert counters(worker)[accepted] == accepted_before + len(sent)
+    assert worker.process is not None and worker.process.poll() is None, worker.tail()
+
+
 def test_after_the_fuzz_the_worker_still_raises_an_alert(target: Target) -> None:
     worker = target.worker
     assert worker.process is not None and worker.process.poll() is None, worker.tail()
