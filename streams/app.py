@@ -26,7 +26,7 @@ from graph.lifecycle import AlertBook
 from streams import memory
 from streams.api import Api
 from streams.journal import IntakeJournal
-from streams.kafka import create_topics, partition_count
+from streams.kafka import MAX_MESSAGE_BYTES, create_topics, partition_count
 from streams.keys import KeyRing
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -88,6 +88,7 @@ def build_app(
         broker_max_poll_records=MAX_POLL_RECORDS,
         stream_buffer_maxsize=16,
         producer_max_batch_size=1024 * 1024,
+        producer_max_request_size=MAX_MESSAGE_BYTES,
         producer_linger_ms=5,
     )
     app.idempotent_producer = settings.idempotent_producer

@@ -17,25 +17,36 @@ from graph.records import partition_of
 from streams.settings import Settings
 from streams.transport import FETCH_MAX_WAIT_MS, FirstRecord, first_record, log_replaced
 
-__all__ = ["actor_partition", "create_topics", "read_partitions"]
+__all__ = ["MAX_MESSAGE_BYTES", "actor_partition", "create_topics", "read_partitions"]
 
 log = logging.getLogger(__name__)
 
 _DAY_MS = 86_400_000
 
 
+# The largest message the worker produces, and the topics it writes whole records of
+# unbounded size to take: an absorb carries a whole actor (about 226 bytes an edge, so
+# 1 MB at about 4,600 victims), an alert lists every report behind it, and a rejection is
+# a copy of the rejected message with three headers. Kafka's default is 1 MB. Internal
+# packs stay at most 512 KiB (agents/children.py:PACK_BYTES), and the reports topic keeps
+# the broker's default, so a rejected copy always fits.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Retention per topic. Reports are kept one window plus a week: the worker rebuilds its
     graph by replaying them, so they must outlive the window. Alerts are kept forever: they
-    are the record of which alert ids exist. With `min_insync_replicas` set, every topic
+    are the record of which alert ids exist. The topics that can get a record larger than
+    Kafka's default 1 MB take MAX_MESSAGE_BYTES. With `min_insync_replicas` set, every topic
     gets it, so a write acked with acks=all is on that many brokers."""
     keep_reports = str(int(settings.window_seconds * 1000) + 7 * _DAY_MS)
+    large = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     configs = {
         settings.reports_topic: {"retention.ms": keep_reports},
         settings.identity_topic: {"retention.ms": keep_reports},
-        settings.actor_reports_topic: {"retention.ms": keep_reports},
-        settings.rejected_topic: {"retention.ms": str(30 * _DAY_MS)},
-        settings.alerts_topic: {"retention.ms": "-1"},
+        settings.actor_reports_topic: {"retention.ms": keep_reports, **large},
+        settings.rejected_topic: {"retention.ms": str(30 * _DAY_MS), **large},
+        settings.alerts_topic: {"retention.ms": "-1", **large},
         settings.hubs_topic: {"retention.ms": "-1"},
         settings.keys_topic: {"retention.ms": "-1"},
         settings.alert_events_topic: {"retention.ms": "-1"},

@@ -341,6 +341,20 @@ def test_valid_reports_at_the_size_limit_all_go_through(target: Target) -> None:
     assert worker.process is not None and worker.process.poll() is None, worker.tail()
 
 
+def test_a_message_at_kafkas_limit_is_rejected_with_its_bytes_whole(target: Target) -> None:
+    """The rejected copy is the message, its key and three headers: over the producer's
+    default 1,000,000 bytes for a message the reports topic itself took."""
+    worker, settings = target.worker, target.deployment.settings
+    before = processed(worker)
+    key, value = b"k" * 200, b'{"x": "' + b"y" * (1_000_000 - 9) + b'"}'
+    target.producer.send(settings.reports_topic, key=key, value=value)
+    target.producer.flush()
+    settle(target, before + 1)
+    [copy] = [r for r in target.deployment.read(settings.rejected_topic) if r.value == value]
+    assert copy.key == key and dict(copy.headers)["linkwatch.reason"] == b"too_large"
+    assert worker.process is not None and worker.process.poll() is None, worker.tail()
+
+
 def test_after_the_fuzz_the_worker_still_raises_an_alert(target: Target) -> None:
     worker = target.worker
     assert worker.process is not None and worker.process.poll() is None, worker.tail()

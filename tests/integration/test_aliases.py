@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 from graph.identity import actor_id_for
 from streams.kafka import actor_partition
@@ -103,3 +104,50 @@ def test_a_bridging_report_merges_actors_from_other_partitions_and_survives_a_ki
     assert [a["level"] for a in alerts] == [3, 4]
     assert alerts[1]["accounts"] == sorted(f"chirp:{a}" for a in (first, second, third, fourth))
     assert alerts[1]["actor_id"] == alert["actor_id"]
+
+
+def test_an_actor_too_large_for_one_kafka_message_merges_all_the_same(
+    deployment: Deployment,
+) -> None:
+    # An absorb carries the whole absorbed actor, about 226 bytes an edge: 6,000 victims of
+    # one spam account make it about 1.4 MB, more than Kafka's default 1 MB message.
+    older, spammer, bridge = accounts_on_distinct_partitions(deployment, 3)
+    worker = deployment.worker()
+    deployment.push(
+        [encode(make_report(older, "v-old", "norfolk", signals={"phone_hash": "p-big"}))],
+        name="older.jsonl",
+    )
+    worker.wait_owning(deployment.settings.partitions)
+    wait_for_metric(worker, 'linkwatch_reports_total{outcome="accepted"} 1.0')
+    spam = [
+        make_report(spammer, f"spam-victim-{n}", "kent", at=timedelta(days=10, minutes=n),
+                    signals={"email_hash": "e-big"})
+        for n in range(6_000)
+    ]  # fmt: skip
+    deployment.push([encode(report) for report in spam], name="spam.jsonl")
+    wait_for_metric(worker, 'linkwatch_reports_total{outcome="accepted"} 6001.0', timeout=120)
+    deployment.push(
+        [
+            encode(
+                make_report(
+                    bridge,
+                    "v-bridge",
+                    "suffolk",
+                    at=timedelta(days=40),
+                    signals={"phone_hash": "p-big", "email_hash": "e-big"},
+                )
+            )
+        ],
+        name="bridge.jsonl",
+    )
+    serial: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 120
+    while not serial:
+        assert time.monotonic() < deadline, "no serial alert after the merge"
+        assert worker.process is not None and worker.process.poll() is None, worker.tail()
+        serial = [alert for alert in deployment.alerts() if alert["kind"] == "serial"]
+        time.sleep(0.5)
+    [alert] = serial
+    assert alert["level"] == 3 and alert["victim_count"] == 6_002
+    assert alert["accounts"] == sorted(f"chirp:{a}" for a in (older, spammer, bridge))
+    assert worker.process is not None and worker.process.poll() is None, worker.tail()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.kafka import topic_configs
+from streams.kafka import MAX_MESSAGE_BYTES, topic_configs
 from streams.settings import Settings, SettingsError
 
 
@@ -71,6 +71,17 @@ def test_min_isr_reaches_every_topic_and_retention_is_kept() -> None:
     assert set(configs) == set(settings.topics)
     assert {c["min.insync.replicas"] for c in configs.values()} == {"2"}
     assert configs[settings.alerts_topic]["retention.ms"] == "-1"
+
+
+def test_the_topics_that_get_whole_actors_alerts_and_rejected_copies_take_large_records() -> None:
+    settings = Settings()
+    configs = topic_configs(settings)
+    large = {settings.actor_reports_topic, settings.alerts_topic, settings.rejected_topic}
+    for topic, config in configs.items():
+        expected = str(MAX_MESSAGE_BYTES) if topic in large else None
+        assert config.get("max.message.bytes") == expected, topic
+    # The reports topic keeps the broker's limit, so a rejected copy and its headers fit.
+    assert MAX_MESSAGE_BYTES >= 2 * 1024 * 1024
 
 
 def test_the_rate_limit_refills_at_its_rate_and_caps_at_its_burst() -> None:
