@@ -10,7 +10,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError as AdminError
 from kafka.errors import TopicAlreadyExistsError
 
 from graph.records import partition_of
@@ -74,7 +75,8 @@ def actor_partition(actor_id: str, partitions: int) -> int:
 
 def create_topics(settings: Settings) -> list[str]:
     """Create the topics that do not exist yet, with `settings.replication_factor` copies;
-    returns the names created. An existing topic is left as it is."""
+    returns the names created. An existing topic is left as it is, and one that should take
+    large records and does not is logged with the command that fixes it."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="linkwatch-admin")
     try:
         created = []
@@ -93,9 +95,37 @@ def create_topics(settings: Settings) -> list[str]:
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+        _check_large(admin, settings, created)
         return created
     finally:
         admin.close()
+
+
+def _check_large(admin: KafkaAdminClient, settings: Settings, created: list[str]) -> None:
+    """Warn of each existing topic that should take MAX_MESSAGE_BYTES and takes less (one
+    made before linkwatch asked for it): a record over its limit stops the worker."""
+    wanted = [name for name, configs in topic_configs(settings).items()
+              if "max.message.bytes" in configs and name not in created]  # fmt: skip
+    if not wanted:
+        return
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted],
+            config_filter="all",
+        ).get("topic", {})
+    except (AdminError, OSError) as error:  # a broker without the request: only a check
+        log.warning("could not read the topics' max.message.bytes (%s)", error)
+        return
+    for name in wanted:
+        value = found.get(name, {}).get("max.message.bytes", {}).get("value")
+        if not str(value).isdigit() or int(value) < MAX_MESSAGE_BYTES:
+            log.warning(
+                "%s takes messages of at most %s bytes, and linkwatch can write larger ones "
+                "there (a merged actor with thousands of victims, a large alert); a worker "
+                "stops at the first. Raise it: kafka-configs.sh --alter --entity-type topics "
+                "--entity-name %s --add-config max.message.bytes=%d",
+                name, value or "the broker's default", name, MAX_MESSAGE_BYTES,
+            )  # fmt: skip
 
 
 async def read_partitions(
