@@ -80,7 +80,8 @@ def create_topics(settings: Settings) -> list[str]:
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="linkwatch-admin")
     try:
         created = []
-        for name, configs in topic_configs(settings).items():
+        wanted = topic_configs(settings)
+        for name, configs in wanted.items():
             try:
                 admin.create_topics(
                     [
@@ -95,36 +96,37 @@ def create_topics(settings: Settings) -> list[str]:
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
-        _check_large(admin, settings, created)
+        large = [name for name, configs in wanted.items() if "max.message.bytes" in configs]
+        _check_large(admin, [name for name in large if name not in created])
         return created
     finally:
         admin.close()
 
 
-def _check_large(admin: KafkaAdminClient, settings: Settings, created: list[str]) -> None:
-    """Warn of each existing topic that should take MAX_MESSAGE_BYTES and takes less (one
-    made before linkwatch asked for it): a record over its limit stops the worker."""
-    wanted = [name for name, configs in topic_configs(settings).items()
-              if "max.message.bytes" in configs and name not in created]  # fmt: skip
-    if not wanted:
+def _check_large(admin: KafkaAdminClient, topics: list[str]) -> None:
+    """Warn of each of these existing topics that takes messages smaller than
+    MAX_MESSAGE_BYTES (one made before linkwatch asked for it): a record over its limit
+    stops the worker."""
+    if not topics:
         return
     try:
         found = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted],
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in topics],
             config_filter="all",
         ).get("topic", {})
     except (AdminError, OSError) as error:  # a broker without the request: only a check
         log.warning("could not read the topics' max.message.bytes (%s)", error)
         return
-    for name in wanted:
+    for name in topics:
         value = found.get(name, {}).get("max.message.bytes", {}).get("value")
         if not str(value).isdigit() or int(value) < MAX_MESSAGE_BYTES:
             log.warning(
-                "%s takes messages of at most %s bytes, and linkwatch can write larger ones "
-                "there (a merged actor with thousands of victims, a large alert); a worker "
-                "stops at the first. Raise it: kafka-configs.sh --alter --entity-type topics "
-                "--entity-name %s --add-config max.message.bytes=%d",
-                name, value or "the broker's default", name, MAX_MESSAGE_BYTES,
+                "%s takes messages of at most %s bytes, and linkwatch may write records of "
+                "up to %d there (deploy/README.md, Topics); a worker stops at the first one "
+                "over. Raise it: kafka-configs.sh --alter --entity-type topics --entity-name "
+                "%s --add-config max.message.bytes=%d",
+                name, value or "the broker's default", MAX_MESSAGE_BYTES, name,
+                MAX_MESSAGE_BYTES,
             )  # fmt: skip
 
 
