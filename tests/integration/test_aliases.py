@@ -126,20 +126,10 @@ def test_an_actor_too_large_for_one_kafka_message_merges_all_the_same(
     ]  # fmt: skip
     deployment.push([encode(report) for report in spam], name="spam.jsonl")
     wait_for_metric(worker, 'linkwatch_reports_total{outcome="accepted"} 6001.0', timeout=120)
-    deployment.push(
-        [
-            encode(
-                make_report(
-                    bridge,
-                    "v-bridge",
-                    "suffolk",
-                    at=timedelta(days=40),
-                    signals={"phone_hash": "p-big", "email_hash": "e-big"},
-                )
-            )
-        ],
-        name="bridge.jsonl",
-    )
+    # `bridge` shares the older account's phone and the spammer's email: all three are one.
+    signals = {"phone_hash": "p-big", "email_hash": "e-big"}
+    bridging = make_report(bridge, "v-bridge", "suffolk", at=timedelta(days=40), signals=signals)
+    deployment.push([encode(bridging)], name="bridge.jsonl")
     serial: list[dict[str, Any]] = []
     deadline = time.monotonic() + 120
     while not serial:
