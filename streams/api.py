@@ -29,9 +29,12 @@ from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.shared import Directory
 
-__all__ = ["MAX_BODY_BYTES", "MAX_REPORTS", "Api", "ApiError"]
+__all__ = ["MAX_BODY_BYTES", "MAX_NOTE", "MAX_REPORTS", "Api", "ApiError"]
 
 MAX_BODY_BYTES = 1024 * 1024
+# A lifecycle note, as a report's text: every worker keeps it with the alert for as long as
+# it runs, and the event must fit the alert-events topic's 1 MB.
+MAX_NOTE = 4096
 MAX_REPORTS = 1000
 MAX_HOPS = 4
 CONSOLE = Path(__file__).parent / "console"
@@ -239,6 +242,8 @@ class Api:
         note = document.get("note") if isinstance(document, dict) else None
         if note is not None and not isinstance(note, str):
             raise ApiError(400, "note must be a string")
+        if note is not None and len(note) > MAX_NOTE:
+            raise ApiError(400, f"note must be at most {MAX_NOTE} characters")
         if action == "dismiss" and not (note or "").strip():
             raise ApiError(400, "dismissing an alert needs a note saying why")
         try:

@@ -12,6 +12,7 @@ import orjson
 
 from graph.pipeline import Pipeline
 from graph.snapshot import filtered, to_networkx
+from streams.api import MAX_NOTE
 from streams.demo import demo_reports
 from tests.factories import make_report
 from tests.integration.conftest import Deployment, Worker
@@ -152,6 +153,11 @@ def test_alert_lifecycle_survives_a_restart(deployment: Deployment) -> None:
     assert (
         worker.http("POST", f"/v1/alerts/{level3['alert_id']}/dismiss", responder, b"{}")[0] == 400
     )
+    too_long = orjson.dumps({"note": "x" * (MAX_NOTE + 1)})
+    status, answer = worker.http(
+        "POST", f"/v1/alerts/{level3['alert_id']}/dismiss", responder, too_long
+    )
+    assert status == 400 and str(MAX_NOTE) in answer["error"]
     note = orjson.dumps({"note": "same person as the level-4 alert"})
     status, view = worker.http("POST", f"/v1/alerts/{level3['alert_id']}/dismiss", responder, note)
     assert status == 200 and view["status"]["note"] == "same person as the level-4 alert"
