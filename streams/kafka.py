@@ -120,13 +120,13 @@ def _check_large(admin: KafkaAdminClient, topics: list[str]) -> None:
     for name in topics:
         value = found.get(name, {}).get("max.message.bytes", {}).get("value")
         if not str(value).isdigit() or int(value) < MAX_MESSAGE_BYTES:
+            limit = f"{value} bytes" if value else "the broker's default (1 MB unless set)"
             log.warning(
-                "%s takes messages of at most %s bytes, and linkwatch may write records of "
-                "up to %d there (deploy/README.md, Topics); a worker stops at the first one "
+                "%s takes messages of at most %s, and linkwatch may write records of up to "
+                "%d bytes there (deploy/README.md, Topics); a worker stops at the first one "
                 "over. Raise it: kafka-configs.sh --alter --entity-type topics --entity-name "
                 "%s --add-config max.message.bytes=%d",
-                name, value or "the broker's default", MAX_MESSAGE_BYTES, name,
-                MAX_MESSAGE_BYTES,
+                name, limit, MAX_MESSAGE_BYTES, name, MAX_MESSAGE_BYTES,
             )  # fmt: skip
 
 
