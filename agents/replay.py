@@ -201,11 +201,16 @@ class HeldAcks:
     async def _ack(
         self, events: list[Any], deliveries: list[Any], after: asyncio.Future[None] | None
     ) -> None:
-        await asyncio.gather(*deliveries)
+        # Every delivery's outcome is taken here, so that a take's failure is raised once,
+        # by the first take that failed, and nothing is left unretrieved behind it.
+        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
         if after is not None:
             try:
                 await after
-            except Exception:  # the take before failed: the agent fails on that one
+            except BaseException:  # the take before failed: the agent fails on that one
                 return  # and this take is not acked either
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         for event in events:
             await self.stream.ack(event)

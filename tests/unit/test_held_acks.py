@@ -5,6 +5,8 @@ whose output Kafka does not have."""
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import pytest
 
@@ -129,3 +131,25 @@ def test_a_failed_send_is_never_committed_past_and_fails_the_agent() -> None:
         return stream.committed
 
     assert asyncio.run(run()) == []
+
+
+def test_a_second_failed_take_is_not_committed_and_leaves_no_error_unretrieved() -> None:
+    unretrieved: list[dict[str, Any]] = []
+
+    async def run() -> list[int]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+        stream = _Stream()
+        acks = HeldAcks(stream, in_flight=1)
+        first, second = loop.create_future(), loop.create_future()
+        await _take(stream, acks, [0], [first])
+        first.set_exception(ConnectionError("the broker went away"))
+        second.set_exception(ConnectionError("and stayed away"))
+        with pytest.raises(ConnectionError, match="went away"):  # the first failure, once
+            await _take(stream, acks, [1], [second])
+        await _turns()
+        return stream.committed
+
+    assert asyncio.run(run()) == []
+    gc.collect()  # a task that held an error nobody took reports it as it goes
+    assert unretrieved == []
