@@ -17,7 +17,7 @@ from faust.web import View
 
 from agents.replay import Send
 from graph import snapshot
-from graph.contract import Rejection, partition_key, report_from_document
+from graph.contract import MAX_TEXT_CHARS, Rejection, partition_key, report_from_document
 from graph.identity import Pseudonyms
 from graph.lifecycle import ACTIONS, AlertBook, LifecycleError, UnknownAlert
 from graph.rules import format_time
@@ -32,9 +32,9 @@ from streams.shared import Directory
 __all__ = ["MAX_BODY_BYTES", "MAX_NOTE", "MAX_REPORTS", "Api", "ApiError"]
 
 MAX_BODY_BYTES = 1024 * 1024
-# A lifecycle note, as a report's text: every worker keeps it with the alert for as long as
-# it runs, and the event must fit the alert-events topic's 1 MB.
-MAX_NOTE = 4096
+# A lifecycle note is held to a report's text limit: every worker keeps it with the alert
+# for as long as it runs, and the event must fit the alert-events topic's 1 MB.
+MAX_NOTE = MAX_TEXT_CHARS
 MAX_REPORTS = 1000
 MAX_HOPS = 4
 CONSOLE = Path(__file__).parent / "console"
