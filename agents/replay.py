@@ -182,8 +182,9 @@ class HeldAcks:
     Here each event's message is held (its refcount) past Faust's ack, and released in
     order once the take's deliveries are done, so the commit never passes a report whose
     output Kafka does not have. At most IN_FLIGHT takes wait so. A failed send fails the
-    agent (and the worker) at its next take, where an awaited one failed it at once;
-    until then neither that take nor any after it is acked, so a restart redoes them."""
+    agent (and the worker) at its next take once the failed take's sends have all settled,
+    where an awaited one failed it at once; until then neither that take nor any after it
+    is acked, so a restart redoes them. Only the first failed take raises."""
 
     def __init__(self, stream: Any, in_flight: int = IN_FLIGHT) -> None:
         self.stream = stream
