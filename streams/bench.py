@@ -118,7 +118,7 @@ def peer_rate(bootstrap: str, topic: str, count: int, broker_pid: int) -> dict[s
     if peer["messages"] != count or peer["stated"] != peer["reports"]:
         raise RuntimeError(f"the Quix Streams baseline stopped short: {peer}")
     # Its CPU, read at its first message and when it stopped, is set beside linkwatch's.
-    if not (peer["cpu_s"] > 0 and peer["broker_cpu_s"] > 0):
+    if not (peer["cpu_s"] > 0 and peer["broker_cpu_s"] > 0 and peer["elapsed_s"] > 0):
         raise RuntimeError(f"the Quix Streams baseline's CPU was not read: {peer}")
     return peer
 
@@ -388,8 +388,17 @@ def children_of(pid: int) -> dict[str, int]:
     return found
 
 
+def idle_seconds() -> float:
+    """CPU seconds the whole machine has spent idle (idle and waiting for I/O) since boot,
+    from /proc/stat: what no process used, beside what each one did."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()  # cpu user nice system idle iowait irq ...
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuMeter:
-    """CPU seconds each named process spends between start() and stop().
+    """CPU seconds each named process spends between start() and stop(), and the cores the
+    machine left idle meanwhile (what the processes did not use of it, `idle_cores`).
 
     A worker replaces an idle intake process after a burst (streams/offload.py), so a
     child in `parents` (name -> its worker's pid) may be gone by stop(): its share is
@@ -402,14 +411,17 @@ class CpuMeter:
         self.reaped: dict[int, float] = {}
         self.spent: dict[str, float] = {}
         self.wall = 0.0
+        self.idle = 0.0
 
     def start(self) -> None:
         self.begin = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self.reaped = {pid: cpu_seconds(pid, reaped=True) for pid in set(self.parents.values())}
+        self.idle = idle_seconds()
         self.wall = time.perf_counter()
 
     def stop(self) -> None:
         self.wall = time.perf_counter() - self.wall
+        self.idle = idle_seconds() - self.idle
         self.spent = {}
         for name, pid in list(self.pids.items()):
             try:
@@ -429,6 +441,10 @@ class CpuMeter:
     def cores(self) -> dict[str, float]:
         """Cores used by each process over the interval (1.0 = one core, all the time)."""
         return {name: round(spent / self.wall, 2) for name, spent in self.spent.items()}
+
+    def idle_cores(self) -> float:
+        """Cores the machine left idle over the interval, on average."""
+        return round(self.idle / self.wall, 2)
 
 
 def settings_for(
@@ -473,6 +489,7 @@ def run_pipeline(
         return {
             "per_s": rate,
             "cores": meter.cores(),
+            "idle_cores": meter.idle_cores(),
             "cpu_us_per_report": round(
                 sum(v for k, v in meter.spent.items() if k != "broker") / max(expected, 1) * 1e6, 1
             ),
@@ -733,6 +750,10 @@ def main(argv: list[str] | None = None) -> int:
         "worker_cpu_us_per_report": one["cpu_us_per_report"],
         "broker_cpu_us_per_report": one["broker_cpu_us_per_report"],
         "cores_one_worker": one["cores"],
+        # What the machine left idle over that interval, and over the peer's: the cores a
+        # chain of processes waiting on each other does not use (README, "Performance").
+        "idle_cores_one_worker": one["idle_cores"],
+        "peer_idle_cores": round(peer["idle_s"] / peer["elapsed_s"], 2),
         "intake_processes": settings.intake_processes,
         "resolver_process": settings.resolver_process,
         "compiled_core": compiled(),

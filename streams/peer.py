@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from quixstreams import Application, State
 
-from streams.bench import cpu_seconds
+from streams.bench import cpu_seconds, idle_seconds
 
 
 def main(argv: list[str]) -> int:
@@ -42,11 +42,12 @@ def main(argv: list[str]) -> int:
     )
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="bytes")
     seen = {"n": 0, "reports": 0, "stated": 0, "first": 0.0, "last": 0.0, "alerts": 0}
-    # (its own, the broker's) CPU seconds at its first message read, and when it stops
-    cpu: list[tuple[float, float]] = []
+    # (its own, the broker's, the machine's idle) CPU seconds at its first message read,
+    # and when it stops
+    cpu: list[tuple[float, float, float]] = []
 
-    def cpu_now() -> tuple[float, float]:
-        return time.process_time(), cpu_seconds(broker)
+    def cpu_now() -> tuple[float, float, float]:
+        return time.process_time(), cpu_seconds(broker), idle_seconds()
 
     def done() -> None:
         if seen["n"] >= count and seen["stated"] >= seen["reports"]:
@@ -94,11 +95,12 @@ def main(argv: list[str]) -> int:
     # To the last report through the state, not to the app's shutdown: the peer's own
     # closing (its final commit, leaving the group) is not counted against it.
     elapsed = seen["last"] - seen["first"]
-    (own_first, broker_first), (own, broker_cpu) = cpu
+    (own_first, broker_first, idle_first), (own, broker_cpu, idle) = cpu
     print(orjson.dumps({"per_s": seen["n"] / elapsed, "messages": seen["n"],
                         "reports": seen["reports"], "stated": seen["stated"],
                         "actors_flagged": seen["alerts"], "cpu_s": own - own_first,
-                        "broker_cpu_s": broker_cpu - broker_first}).decode())  # fmt: skip
+                        "broker_cpu_s": broker_cpu - broker_first, "elapsed_s": elapsed,
+                        "idle_s": idle - idle_first}).decode())  # fmt: skip
     return 0
 
 
