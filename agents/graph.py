@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from agents.replay import TAKE, WITHIN, HeldAcks, Message, PartitionedState, Send, packed
+from agents.children import packed
+from agents.replay import TAKE, WITHIN, HeldAcks, Message, PartitionedState, Send
 from graph.records import PartitionGraph
 from graph.window import RollingGraph
 from streams.kafka import actor_partition, read_partitions

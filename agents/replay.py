@@ -20,18 +20,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from agents.children import PACK, packed
 from streams.kafka import read_partitions
 
 __all__ = [
-    "PACK",
     "TAKE",
     "WITHIN",
     "HeldAcks",
     "Message",
     "PartitionedState",
     "Send",
-    "packed",
 ]
 
 log = logging.getLogger(__name__)

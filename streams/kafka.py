@@ -18,7 +18,13 @@ from graph.records import partition_of
 from streams.settings import Settings
 from streams.transport import FETCH_MAX_WAIT_MS, FirstRecord, first_record, log_replaced
 
-__all__ = ["MAX_MESSAGE_BYTES", "actor_partition", "create_topics", "read_partitions"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_CONFIG",
+    "actor_partition",
+    "create_topics",
+    "read_partitions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,8 @@ _DAY_MS = 86_400_000
 # packs stay at most 512 KiB (agents/children.py:PACK_BYTES), and the reports topic keeps
 # the broker's default, so a rejected copy always fits.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The topic config that sets a topic's largest message.
+MAX_MESSAGE_CONFIG = "max.message.bytes"
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -41,7 +49,7 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     Kafka's default 1 MB take MAX_MESSAGE_BYTES. With `min_insync_replicas` set, every topic
     gets it, so a write acked with acks=all is on that many brokers."""
     keep_reports = str(int(settings.window_seconds * 1000) + 7 * _DAY_MS)
-    large = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    large = {MAX_MESSAGE_CONFIG: str(MAX_MESSAGE_BYTES)}
     configs = {
         settings.reports_topic: {"retention.ms": keep_reports},
         settings.identity_topic: {"retention.ms": keep_reports},
@@ -96,7 +104,7 @@ def create_topics(settings: Settings) -> list[str]:
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
-        large = [name for name, configs in wanted.items() if "max.message.bytes" in configs]
+        large = [name for name, configs in wanted.items() if MAX_MESSAGE_CONFIG in configs]
         _check_large(admin, [name for name in large if name not in created])
         return created
     finally:
@@ -118,7 +126,7 @@ def _check_large(admin: KafkaAdminClient, topics: list[str]) -> None:
         log.warning("could not read the topics' max.message.bytes (%s)", error)
         return
     for name in topics:
-        value = found.get(name, {}).get("max.message.bytes", {}).get("value")
+        value = found.get(name, {}).get(MAX_MESSAGE_CONFIG, {}).get("value")
         if not str(value).isdigit() or int(value) < MAX_MESSAGE_BYTES:
             limit = f"{value} bytes" if value else "the broker's default (1 MB unless set)"
             log.warning(

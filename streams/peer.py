@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from quixstreams import Application, State
 
-from streams.bench import cpu_seconds, idle_seconds
+from streams.procstat import cpu_seconds, idle_seconds
 
 
 def main(argv: list[str]) -> int:
