@@ -19,6 +19,7 @@ linkwatch's CPU a report beside the peer's from the same run (since session 26).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 from quixstreams import Application, State
 
-from streams.procstat import cpu_seconds, idle_seconds
+from streams.procstat import CpuMeter
 
 
 def main(argv: list[str]) -> int:
@@ -41,25 +42,24 @@ def main(argv: list[str]) -> int:
         loglevel="WARNING",
     )
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="bytes")
-    seen = {"n": 0, "reports": 0, "stated": 0, "first": 0.0, "last": 0.0, "alerts": 0}
-    # (its own, the broker's, the machine's idle) CPU seconds at its first message read,
-    # and when it stops
-    cpu: list[tuple[float, float, float]] = []
-
-    def cpu_now() -> tuple[float, float, float]:
-        return time.process_time(), cpu_seconds(broker), idle_seconds()
+    seen = {"n": 0, "reports": 0, "stated": 0, "first": 0.0, "last": 0.0, "alerts": 0,
+            "metered": 0}  # fmt: skip
+    # Its own CPU, the broker's and the machine's idle time, from its first message read
+    # to when it stops.
+    meter = CpuMeter({"peer": os.getpid(), "broker": broker})
 
     def done() -> None:
         if seen["n"] >= count and seen["stated"] >= seen["reports"]:
-            if len(cpu) == 1:
-                cpu.append(cpu_now())
+            if not seen["metered"]:
+                meter.stop()
+                seen["metered"] = 1
             app.stop()
 
     def parse(value: bytes) -> Any:
         seen["n"] += 1
         if seen["n"] == 1:
             seen["first"] = time.perf_counter()
-            cpu.append(cpu_now())
+            meter.start()
         try:
             document = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -95,13 +95,11 @@ def main(argv: list[str]) -> int:
     # To the last report through the state, not to the app's shutdown: the peer's own
     # closing (its final commit, leaving the group) is not counted against it.
     elapsed = seen["last"] - seen["first"]
-    (own_first, broker_first, idle_first), (own, broker_cpu, idle) = cpu
-    idle_cores = round((idle - idle_first) / elapsed, 2)  # what the machine left idle
     print(orjson.dumps({"per_s": seen["n"] / elapsed, "messages": seen["n"],
                         "reports": seen["reports"], "stated": seen["stated"],
-                        "actors_flagged": seen["alerts"], "cpu_s": own - own_first,
-                        "broker_cpu_s": broker_cpu - broker_first,
-                        "idle_cores": idle_cores}).decode())  # fmt: skip
+                        "actors_flagged": seen["alerts"], "cpu_s": meter.spent["peer"],
+                        "broker_cpu_s": meter.spent["broker"],
+                        "idle_cores": meter.idle_cores()}).decode())  # fmt: skip
     return 0
 
 
