@@ -47,7 +47,11 @@ class GraphStage:
         self.pseudonyms = settings.pseudonyms()
         self._trimmer = Trimmer()
         self.partitions: PartitionedState[PartitionGraph] = PartitionedState(
-            settings.bootstrap, settings.actor_reports_topic, self._create, self._apply
+            settings.bootstrap,
+            settings.actor_reports_topic,
+            self._create,
+            self._apply,
+            metrics.handoffs.labels(topic=settings.actor_reports_topic).inc,
         )
 
     def graphs(self) -> list[RollingGraph]:
@@ -88,7 +92,11 @@ class GraphStage:
             entries = None
         if not isinstance(entries, list):
             return self._internal_error("an unreadable message")
-        handled, unreadable = graph.handle_entries(entries, time.time())
+        now = time.time()
+        handled, unreadable = graph.handle_entries(entries, now)
+        timestamp = getattr(message, "timestamp", None)
+        if timestamp is not None and not replaying:
+            self.metrics.latency.observe(max(0.0, now - timestamp / 1000.0))
         if unreadable:
             self._internal_error(f"unreadable records ({unreadable})", unreadable)
         alerts = handled.alerts
@@ -129,12 +137,9 @@ def make_graph_agent(stage: GraphStage) -> Callable[[Any], Awaitable[None]]:
         acks = HeldAcks(stream)
         async for events in stream.take_events(TAKE, within=WITHIN):
             deliveries: list[Any] = []
-            now = time.time()
             for event in events:
                 for record in event.message.value:
                     deliveries += await stage.partitions.process(record.partition, record)
-                    if record.timestamp is not None:
-                        stage.metrics.latency.observe(max(0.0, now - record.timestamp / 1000.0))
             stage.refresh_gauges()
             # The batch is acked only once Kafka has everything it produced.
             await acks.hold(events, deliveries)

@@ -8,6 +8,15 @@ by replaying offsets [0, O) with an aiokafka consumer outside the group. Everyth
 O was committed, and Faust flushes the producer before it commits, so whatever those
 messages produced is already in Kafka: replay rebuilds state and sends nothing, except
 where a stage checks against what is already published (alerts).
+
+A message this worker produced to a partition it owns (intake's identity packs, the
+resolver's actor-reports packs, the graph's absorbs) need not wait for the consumer to fetch
+it back: once Kafka acknowledges it, its offset is known, and if that is the partition's
+next the state applies it there and then (`offer`, the local hand-off). When the consumer
+brings it later, `process` finds it applied and returns the deliveries it made, so the
+agent's take is still acked only once Kafka has what it produced. Offsets are the one
+order: a message offered ahead of a gap (another worker's, not yet fetched) waits for the
+consumer to fill the gap, and one the consumer brought first is not applied again.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ __all__ = [
     "HeldAcks",
     "Message",
     "PartitionedState",
+    "Produced",
     "Send",
 ]
 
@@ -44,6 +54,9 @@ TAKE = 8
 WITHIN = 0.01
 # Takes whose sends may still await Kafka's acks while the agent works the next (`HeldAcks`).
 IN_FLIGHT = 2
+# Messages offered to a partition and not yet applied, at most; past it the consumer brings
+# them (a gap that the consumer has not filled yet holds back every offer behind it).
+OFFERED_AT_MOST = 1000
 
 
 class Message(Protocol):
@@ -60,6 +73,16 @@ class Message(Protocol):
 
 
 @dataclass(slots=True)
+class Produced:
+    """A message this worker produced, as Kafka acknowledged it: a `Message` for `offer`."""
+
+    key: bytes | None
+    value: bytes | None
+    offset: int
+    timestamp: int  # ms, as the consumer would read it
+
+
+@dataclass(slots=True)
 class _Partition(Generic[S]):
     state: S
     position: int  # the next offset to apply
@@ -70,7 +93,8 @@ class PartitionedState(Generic[S]):
 
     `create(partition)` makes empty state (it may read topics, e.g. published alerts);
     `apply(partition, state, message, replaying)` applies one message and returns the
-    delivery futures of what it sent.
+    delivery futures of what it sent. `handed_off()` is called for each message applied
+    from `offer` rather than from the consumer.
     """
 
     def __init__(
@@ -79,14 +103,23 @@ class PartitionedState(Generic[S]):
         topic: str,
         create: Callable[[int], Awaitable[S]],
         apply: Callable[[int, S, Message, bool], Awaitable[list[Any]]],
+        handed_off: Callable[[], None] = lambda: None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self._create = create
         self._apply = apply
+        self._handed_off = handed_off
         self.owned: set[int] = set()
         self._partitions: dict[int, _Partition[S]] = {}
+        # A partition's catch-up and every apply to it hold its lock: one at a time, in order.
         self._locks: dict[int, asyncio.Lock] = {}
+        # Per partition: offered messages by offset, not applied yet; the deliveries of
+        # those applied, until the consumer brings them; the task applying them.
+        self._offered: dict[int, dict[int, Produced]] = {}
+        self._early: dict[int, dict[int, list[Any]]] = {}
+        self._draining: dict[int, asyncio.Future[None]] = {}
+        self.taking_offers = True  # until an offered message fails to apply
 
     def states(self) -> list[S]:
         return [part.state for part in self._partitions.values()]
@@ -102,9 +135,60 @@ class PartitionedState(Generic[S]):
         for partition in list(self._partitions):
             if partition not in self.owned:
                 del self._partitions[partition]
+                self._offered.pop(partition, None)
+                self._early.pop(partition, None)
 
     def revoke(self, partitions: Iterable[int]) -> None:
         self.assign(self.owned - set(partitions))
+
+    def offer(self, message: Produced, partition: int) -> None:
+        """Kafka has acknowledged `message`, which this worker produced to `partition`:
+        apply it now if the partition's state is here and this is its next offset (or once
+        the offsets before it are applied), rather than when the consumer fetches it."""
+        part = self._partitions.get(partition)
+        if part is None or not self.taking_offers or message.offset < part.position:
+            return
+        offered = self._offered.setdefault(partition, {})
+        if len(offered) < OFFERED_AT_MOST:
+            offered[message.offset] = message
+            self._drain_soon(partition, part)
+
+    def _drain_soon(self, partition: int, part: _Partition[S]) -> None:
+        if part.position in self._offered.get(partition, ()) and partition not in self._draining:
+            self._draining[partition] = asyncio.ensure_future(self._drain(partition, part))
+
+    async def _drain(self, partition: int, part: _Partition[S]) -> None:
+        """Apply the offered messages that continue the partition, in offset order. One that
+        fails fails the agent when the consumer brings it (its take's deliveries)."""
+        try:
+            async with self._lock(partition):
+                offered = self._offered.get(partition, {})
+                early = self._early.setdefault(partition, {})
+                while self.taking_offers and self._partitions.get(partition) is part:
+                    message = offered.pop(part.position, None)
+                    if message is None:
+                        break
+                    part.position = message.offset + 1
+                    try:
+                        early[message.offset] = await self._apply(
+                            partition, part.state, message, False
+                        )
+                    except Exception as exc:
+                        log.exception("%s[%d]: applying offset %d failed", self.topic,
+                                      partition, message.offset)  # fmt: skip
+                        failed = asyncio.get_running_loop().create_future()
+                        failed.set_exception(exc)
+                        early[message.offset] = [failed]
+                        self.taking_offers = False
+                    else:
+                        self._handed_off()
+                for offset in [offset for offset in offered if offset < part.position]:
+                    del offered[offset]  # the consumer brought them first
+        finally:
+            del self._draining[partition]
+
+    def _lock(self, partition: int) -> asyncio.Lock:
+        return self._locks.setdefault(partition, asyncio.Lock())
 
     async def process(self, partition: int, message: Message) -> list[Any]:
         """Apply one live message; returns the delivery futures of what it sent."""
@@ -121,10 +205,16 @@ class PartitionedState(Generic[S]):
                             "replayed", self.topic, partition, message.offset,
                             part.position)  # fmt: skip
             part = await self._catch_up(partition, message.offset)
-        if message.offset < part.position:
-            return []  # already applied during catch-up
-        part.position = message.offset + 1
-        return await self._apply(partition, part.state, message, False)
+        async with self._lock(partition):
+            if message.offset < part.position:
+                # Applied already: by the catch-up, or offered (its deliveries are here).
+                early = self._early.get(partition)
+                return early.pop(message.offset, []) if early else []
+            part.position = message.offset + 1
+            deliveries = await self._apply(partition, part.state, message, False)
+        if self._offered.get(partition):
+            self._drain_soon(partition, part)  # offers that waited for this one
+        return deliveries
 
     async def rebuild(self, partition: int, committed: int) -> None:
         """Rebuild an owned partition's state up to its committed offset now, not at its
@@ -134,8 +224,7 @@ class PartitionedState(Generic[S]):
             await self._catch_up(partition, committed)
 
     async def _catch_up(self, partition: int, offset: int) -> _Partition[S]:
-        lock = self._locks.setdefault(partition, asyncio.Lock())
-        async with lock:
+        async with self._lock(partition):
             part = self._partitions.get(partition)
             if part is None:
                 part = _Partition(await self._create(partition), 0)

@@ -83,7 +83,11 @@ class ResolveStage:
         self._renewed_at = time.monotonic()
         self._most_held = 0  # accounts, since the resolver process started (`_sends`)
         self.partitions: PartitionedState[_Handle] = PartitionedState(
-            settings.bootstrap, settings.identity_topic, self._create, self._apply
+            settings.bootstrap,
+            settings.identity_topic,
+            self._create,
+            self._apply,
+            metrics.handoffs.labels(topic=settings.identity_topic).inc,
         )
 
     async def expire_some(self) -> bool:

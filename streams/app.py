@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from agents.graph import GraphStage, make_graph_agent
 from agents.intake import make_intake
+from agents.replay import PartitionedState, Produced
 from agents.resolve import ResolveStage, make_resolve_agent
 from agents.webhooks import make_webhooks
 from graph import compiled
@@ -95,8 +96,15 @@ def build_app(
     app.raw_topics = frozenset({settings.reports_topic})  # intake reads the bytes itself
     metrics = Metrics()
 
+    # Where this worker's own sends to a stateful topic are handed off (`local_handoff`).
+    handoff: dict[str, PartitionedState[Any]] = {}
+
     async def send(*args: Any) -> Any:
-        return await app.producer.send(*args)
+        delivery: Any = await app.producer.send(*args)  # an asyncio future of aiokafka's
+        state = handoff.get(args[0])
+        if state is not None:
+            delivery.add_done_callback(partial(_hand_off, state, args[1], args[2]))
+        return delivery
 
     topics = {
         name: app.topic(name, partitions=partition_count(settings, name))
@@ -112,6 +120,8 @@ def build_app(
     agent(topics[settings.identity_topic], name="resolve")(make_resolve_agent(resolve))
     agent(topics[settings.actor_reports_topic], name="graph")(make_graph_agent(graph))
     stateful = (resolve.partitions, graph.partitions)
+    if settings.local_handoff:
+        handoff.update((state.topic, state) for state in stateful)
 
     async def expire_trailing() -> None:
         """Expiry and retention that trail the watermark, a slice per turn: after a jump in
@@ -141,9 +151,10 @@ def build_app(
 
     rebuilds: set[asyncio.Future[None]] = set()
 
-    async def rebuild_graphs(partitions: list[int]) -> None:
-        """Rebuild assigned graph partitions now. A rebalance dropped their state, and a
-        partition that receives nothing new would stay empty for snapshots and actors."""
+    async def rebuild(state: PartitionedState[Any], partitions: list[int]) -> None:
+        """Rebuild assigned partitions now. A rebalance dropped their state: a graph partition
+        that receives nothing new would stay empty for snapshots and actors, and a state that
+        is not there yet takes no hand-off (`PartitionedState.offer`)."""
         offsets = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap,
             group_id=settings.namespace,  # Faust's consumer group is the app id
@@ -152,20 +163,20 @@ def build_app(
         try:
             await offsets.start()
             for partition in partitions:
-                tp = TopicPartition(settings.actor_reports_topic, partition)
-                await graph.partitions.rebuild(partition, await offsets.committed(tp) or 0)
+                tp = TopicPartition(state.topic, partition)
+                await state.rebuild(partition, await offsets.committed(tp) or 0)
         except Exception:
-            log.exception("rebuilding graph partitions %s failed", partitions)
+            log.exception("rebuilding %s partitions %s failed", state.topic, partitions)
         finally:
             await offsets.stop()
 
     def rebuild_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        topic = settings.actor_reports_topic
-        partitions = sorted(tp.partition for tp in args[0] if tp.topic == topic)
-        if partitions:
-            future = asyncio.ensure_future(rebuild_graphs(partitions))
-            rebuilds.add(future)  # a reference, so the task is not collected mid-way
-            future.add_done_callback(rebuilds.discard)
+        for state in stateful:
+            partitions = sorted(tp.partition for tp in args[0] if tp.topic == state.topic)
+            if partitions:
+                future = asyncio.ensure_future(rebuild(state, partitions))
+                rebuilds.add(future)  # a reference, so the task is not collected mid-way
+                future.add_done_callback(rebuilds.discard)
 
     async def ensure_topics(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Create the topics that are missing. A broker that lost everything (the embedded
@@ -275,3 +286,12 @@ def build_app(
         app.task(push_demo)
 
     return app
+
+
+def _hand_off(
+    state: PartitionedState[Any], key: bytes | None, value: bytes | None, delivery: Any
+) -> None:
+    """Offer a message this worker produced to its state once Kafka has acknowledged it."""
+    if not delivery.cancelled() and delivery.exception() is None:
+        sent = delivery.result()  # aiokafka's RecordMetadata
+        state.offer(Produced(key, value, sent.offset, sent.timestamp), sent.partition)

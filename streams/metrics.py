@@ -79,6 +79,13 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.handoffs = Counter(
+            "linkwatch_local_handoffs",
+            "Messages this worker produced to a partition it owns and applied as soon as Kafka "
+            "acknowledged them, before its consumer fetched them back (LINKWATCH_LOCAL_HANDOFF).",
+            ["topic"],
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "linkwatch_consumer_lag",
             "Messages behind the partition's end, per topic and partition this worker owns.",

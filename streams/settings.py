@@ -61,6 +61,9 @@ class Settings:
     # The resolver's state in a child process of its own (agents/resolve.py): by default
     # when the machine has a second core; off keeps it in the worker.
     resolver_process: bool = (os.cpu_count() or 1) > 1
+    # A message this worker produced to a partition it owns is applied once Kafka has it,
+    # not when the consumer fetches it back (agents/replay.py, `PartitionedState.offer`).
+    local_handoff: bool = True
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -239,6 +242,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "webhook_attempts": ("LINKWATCH_WEBHOOK_ATTEMPTS", int),
     "intake_processes": ("LINKWATCH_INTAKE_PROCESSES", int),
     "resolver_process": ("LINKWATCH_RESOLVER_PROCESS", bool),
+    "local_handoff": ("LINKWATCH_LOCAL_HANDOFF", bool),
 }
 
 
