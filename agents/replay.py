@@ -119,7 +119,7 @@ class PartitionedState(Generic[S]):
         self._offered: dict[int, dict[int, Produced]] = {}
         self._early: dict[int, dict[int, list[Any]]] = {}
         self._draining: dict[int, asyncio.Future[None]] = {}
-        self.taking_offers = True  # until an offered message fails to apply
+        self._taking_offers = True  # until an offered message fails to apply
 
     def states(self) -> list[S]:
         return [part.state for part in self._partitions.values()]
@@ -146,7 +146,7 @@ class PartitionedState(Generic[S]):
         apply it now if the partition's state is here and this is its next offset (or once
         the offsets before it are applied), rather than when the consumer fetches it."""
         part = self._partitions.get(partition)
-        if part is None or not self.taking_offers or message.offset < part.position:
+        if part is None or not self._taking_offers or message.offset < part.position:
             return
         offered = self._offered.setdefault(partition, {})
         if len(offered) < OFFERED_AT_MOST:
@@ -164,7 +164,7 @@ class PartitionedState(Generic[S]):
             async with self._lock(partition):
                 offered = self._offered.get(partition, {})
                 early = self._early.setdefault(partition, {})
-                while self.taking_offers and self._partitions.get(partition) is part:
+                while self._taking_offers and self._partitions.get(partition) is part:
                     message = offered.pop(part.position, None)
                     if message is None:
                         break
@@ -179,7 +179,7 @@ class PartitionedState(Generic[S]):
                         failed = asyncio.get_running_loop().create_future()
                         failed.set_exception(exc)
                         early[message.offset] = [failed]
-                        self.taking_offers = False
+                        self._taking_offers = False
                     else:
                         self._handed_off()
                 for offset in [offset for offset in offered if offset < part.position]:
@@ -188,7 +188,10 @@ class PartitionedState(Generic[S]):
             del self._draining[partition]
 
     def _lock(self, partition: int) -> asyncio.Lock:
-        return self._locks.setdefault(partition, asyncio.Lock())
+        lock = self._locks.get(partition)  # taken for every message: no Lock made to discard
+        if lock is None:
+            lock = self._locks[partition] = asyncio.Lock()
+        return lock
 
     async def process(self, partition: int, message: Message) -> list[Any]:
         """Apply one live message; returns the delivery futures of what it sent."""

@@ -140,15 +140,6 @@ def build_app(
 
     app.task(start_resolver)
 
-    # Faust signals call receivers as (sender, *args, signal=..., **kwargs).
-    def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        for state in stateful:
-            state.assign(tp.partition for tp in args[0] if tp.topic == state.topic)
-
-    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        for state in stateful:
-            state.revoke(tp.partition for tp in args[0] if tp.topic == state.topic)
-
     rebuilds: set[asyncio.Future[None]] = set()
 
     async def rebuild(state: PartitionedState[Any], partitions: list[int]) -> None:
@@ -170,13 +161,19 @@ def build_app(
         finally:
             await offsets.stop()
 
-    def rebuild_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    # Faust signals call receivers as (sender, *args, signal=..., **kwargs).
+    def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         for state in stateful:
             partitions = sorted(tp.partition for tp in args[0] if tp.topic == state.topic)
+            state.assign(partitions)
             if partitions:
                 future = asyncio.ensure_future(rebuild(state, partitions))
                 rebuilds.add(future)  # a reference, so the task is not collected mid-way
                 future.add_done_callback(rebuilds.discard)
+
+    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        for state in stateful:
+            state.revoke(tp.partition for tp in args[0] if tp.topic == state.topic)
 
     async def ensure_topics(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Create the topics that are missing. A broker that lost everything (the embedded
@@ -191,7 +188,6 @@ def build_app(
 
     app.on_partitions_revoked.connect(ensure_topics)
     app.on_partitions_assigned.connect(on_assigned)
-    app.on_partitions_assigned.connect(rebuild_assigned)
     app.on_partitions_revoked.connect(on_revoked)
 
     keys, book = KeyRing(), AlertBook()
