@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from streams.metrics import Metrics
 from streams.offload import RENEW_EVERY, RENEW_IDLE, StateProcess
 from streams.settings import Settings
 
-__all__ = ["ResolveStage", "Resolved", "Resolvers", "make_resolve_agent"]
+__all__ = ["HubLog", "ResolveStage", "Resolved", "Resolvers", "make_resolve_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,41 @@ log = logging.getLogger(__name__)
 # stream held meanwhile.
 RENEW_FROM = 20_000
 RENEW_SHRUNK = 8
+# Signal hubs are logged together, one warning per this many seconds at most (`HubLog`).
+HUB_LOG_EVERY = 10.0
+
+
+class HubLog:
+    """The signal hubs the resolver declares, logged as one warning per `every` seconds at
+    most: the count by signal and the most accounts one reached.
+
+    Each hub is also a message on the signal-hubs topic and a count in
+    `linkwatch_signal_hubs_total`; the log says that they are happening. A warning per hub
+    flooded it during a backlog (668 lines in 400,000 of the bench's reports) and cost the
+    worker's loop about 2% of its time (README, "Performance", change 46). The first hub
+    after a quiet spell is logged at once; `flush` logs those held since, once due."""
+
+    def __init__(self, every: float = HUB_LOG_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self._clock = clock
+        self._held: dict[str, int] = {}
+        self._most = 0  # accounts, the most a held hub reached
+        self._logged_at = -math.inf
+
+    def add(self, signal: str, accounts: int) -> None:
+        self._held[signal] = self._held.get(signal, 0) + 1
+        self._most = max(self._most, accounts)
+        self.flush()
+
+    def flush(self) -> None:
+        """Log the hubs held, if any, and if the last warning is `every` seconds old."""
+        now = self._clock()
+        if not self._held or now - self._logged_at < self.every:
+            return
+        by_signal = ", ".join(f"{signal} {count}" for signal, count in sorted(self._held.items()))
+        log.warning("signal hubs: %d new (%s); the most accounts on one: %d",
+                    sum(self._held.values()), by_signal, self._most)  # fmt: skip
+        self._held, self._most, self._logged_at = {}, 0, now
 
 
 @dataclass(slots=True)
@@ -82,6 +118,7 @@ class ResolveStage:
         self._applied_at = time.monotonic()  # when the last identity message came
         self._renewed_at = time.monotonic()
         self._most_held = 0  # accounts, since the resolver process started (`_sends`)
+        self.hubs = HubLog()
         self.partitions: PartitionedState[_Handle] = PartitionedState(
             settings.bootstrap,
             settings.identity_topic,
@@ -93,6 +130,7 @@ class ResolveStage:
     async def expire_some(self) -> bool:
         """A step of the resolver's retention (`AliasResolver.forget_some`); True if more
         is due."""
+        self.hubs.flush()  # those held since the last warning, once due
         owned = self.partitions.owned
         live = [(partition, generation) for partition, generation in self._newest.items()
                 if partition in owned]  # fmt: skip
@@ -173,7 +211,7 @@ class ResolveStage:
         sends = []
         for signal, fingerprint, accounts in resolved.hubs:
             metrics.hubs.labels(signal=signal).inc()
-            log.warning("signal hub: a %s value reached %d accounts", signal, accounts)
+            self.hubs.add(signal, accounts)
             value = {"signal": signal, "fingerprint": fingerprint, "accounts": accounts}
             sends.append(send(settings.hubs_topic, None, orjson.dumps(value), None, None, None))
         at = timestamp / 1000.0 if timestamp else None
