@@ -31,6 +31,9 @@ CATEGORIES = frozenset(
 )
 # Signals the alias linker understands; other string-valued keys are kept but not used.
 SIGNAL_KEYS = ("email_hash", "phone_hash", "device_id", "ip")
+# The signals of a row that has none (every row the graph is sent): one shared empty
+# mapping, read-only by its type, rather than a new dict per report.
+_NO_SIGNALS: Final[Mapping[str, str]] = {}
 
 # Every reason a message can be rejected for. The set is closed so that the rejection
 # counter has a bounded label set; the human-readable detail travels beside it.
@@ -135,7 +138,7 @@ class Report:
             report_id, platform, moment, category, account, victim, region, signals, text, \
                 reporter = row[:10]  # fmt: skip
             return cls(report_id, platform, float(moment), category, account, victim, region,
-                       signals or {}, text, reporter)  # fmt: skip
+                       signals or _NO_SIGNALS, text, reporter)  # fmt: skip
         except (TypeError, ValueError):
             raise ValueError("not a report row") from None
 
