@@ -71,10 +71,11 @@ class HubLog:
         self._most = max(self._most, accounts)
         self.flush()
 
-    def flush(self) -> None:
-        """Log the hubs held, if any, and if the last warning is `every` seconds old."""
+    def flush(self, due_or_not: bool = False) -> None:
+        """Log the hubs held, if any, and if the last warning is `every` seconds old (or
+        whenever, with `due_or_not`: the worker is stopping)."""
         now = self._clock()
-        if not self._held or now - self._logged_at < self.every:
+        if not self._held or (now - self._logged_at < self.every and not due_or_not):
             return
         by_signal = ", ".join(f"{signal} {count}" for signal, count in sorted(self._held.items()))
         log.warning("signal hubs: %d new (%s); the most accounts on one: %d",
@@ -154,6 +155,7 @@ class ResolveStage:
         )
 
     def close(self) -> None:
+        self.hubs.flush(due_or_not=True)
         self.state.close()
 
     async def _create(self, partition: int) -> _Handle:

@@ -46,3 +46,8 @@ def test_hubs_are_logged_together_once_a_period_and_none_is_left_out(
         clock.now += 60
         hubs.flush()  # nothing held: nothing said
         assert len(_warnings(caplog)) == 2
+        hubs.add("ip", 30)
+        clock.now += 1
+        hubs.add("ip", 31)
+        hubs.flush(due_or_not=True)  # the worker stops: nothing held is left unsaid
+        assert _warnings(caplog)[3:] == ["signal hubs: 1 new (ip 1); the most accounts on one: 31"]
