@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,7 +365,7 @@ class PartitionGraph:
         except (KeyError, TypeError, ValueError) as error:
             raise InvalidRecord(f"not a report row: {type(error).__name__}") from None
         found = record.get("links")
-        links = [Link.from_dict(link) for link in found] if found else []
+        links: Iterable[Link] = [Link.from_dict(link) for link in found] if found else ()
         return self.graph.apply(actor, report, now, links, _stamp(record))
 
     def _merge(self, record: Record) -> Handled:
