@@ -17,6 +17,12 @@ brings it later, `process` finds it applied and returns the deliveries it made, 
 agent's take is still acked only once Kafka has what it produced. Offsets are the one
 order: a message offered ahead of a gap (another worker's, not yet fetched) waits for the
 consumer to fill the gap, and one the consumer brought first is not applied again.
+
+While a partition's messages all come by the hand-off, the consumer fetches them back only
+to commit past them, so it fetches that partition less often (`handing_off`, used by
+streams/transport.py, item 6); a message it brings that the hand-off had not applied (another
+worker's, or one fetched before its acknowledgement came) puts the partition back to every
+fetch for a while.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ IN_FLIGHT = 2
 # Messages offered to a partition and not yet applied, at most; past it the consumer brings
 # them (a gap that the consumer has not filled yet holds back every offer behind it).
 OFFERED_AT_MOST = 1000
+# After the consumer brings a message the hand-off had not applied, the partition is fetched
+# with every fetch for this long (seconds): another worker may be writing to it.
+SHARED_FOR = 10.0
 
 
 class Message(Protocol):
@@ -120,6 +129,8 @@ class PartitionedState(Generic[S]):
         self._early: dict[int, dict[int, list[Any]]] = {}
         self._draining: dict[int, asyncio.Future[None]] = {}
         self._taking_offers = True  # until an offered message fails to apply
+        # Per partition: when (monotonic) the consumer last brought a message not applied yet.
+        self._brought_at: dict[int, float] = {}
 
     def states(self) -> list[S]:
         return [part.state for part in self._partitions.values()]
@@ -140,6 +151,17 @@ class PartitionedState(Generic[S]):
 
     def revoke(self, partitions: Iterable[int]) -> None:
         self.assign(self.owned - set(partitions))
+
+    def handing_off(self, partition: int) -> bool:
+        """Whether the partition's messages come by the hand-off alone: its state is here,
+        offers are taken, and for SHARED_FOR seconds the consumer has brought nothing that
+        the hand-off had not applied. Read from the consumer's thread (a dict lookup)."""
+        brought = self._brought_at.get(partition)
+        return (
+            self._taking_offers
+            and partition in self._partitions
+            and (brought is None or time.monotonic() - brought > SHARED_FOR)
+        )
 
     def offer(self, message: Produced, partition: int) -> None:
         """Kafka has acknowledged `message`, which this worker produced to `partition`:
@@ -213,6 +235,7 @@ class PartitionedState(Generic[S]):
                 # Applied already: by the catch-up, or offered (its deliveries are here).
                 early = self._early.get(partition)
                 return early.pop(message.offset, []) if early else []
+            self._brought_at[partition] = time.monotonic()
             part.position = message.offset + 1
             deliveries = await self._apply(partition, part.state, message, False)
         if self._offered.get(partition):

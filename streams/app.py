@@ -123,6 +123,12 @@ def build_app(
     if settings.local_handoff:
         handoff.update((state.topic, state) for state in stateful)
 
+        def fetch_rarely(topic: str, partition: int) -> bool:
+            state = handoff.get(topic)
+            return state is not None and state.handing_off(partition)
+
+        app.fetch_rarely = fetch_rarely  # streams/transport.py, item 6
+
     async def expire_trailing() -> None:
         """Expiry and retention that trail the watermark, a slice per turn: after a jump in
         event time they never hold up the loop for long, and memory comes back even when

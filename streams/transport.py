@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport with five changes: batches, fetch wait, retries, new logs, raw reads.
+"""Faust's aiokafka transport with six changes: batches, fetch wait, retries, new logs, raw
+reads, and handed-off partitions fetched less often.
 
 1. **Batches.** Stock Faust turns every fetched record into a message and pushes it through
    its consumer loop one at a time: four asyncio tasks per message in `_drain_messages`
@@ -40,6 +41,14 @@
    partitions is one `RawFetch`, the bytes Kafka sent, rather than one aiokafka record
    per report: the intake process reads the records. The consumer's value deserializer
    (`RawTopics`) names the topics read so; the app's `raw_topics` says which.
+6. **Handed-off partitions are fetched less often.** A message a worker produced to a
+   partition it owns is applied once Kafka acknowledges it (the local hand-off,
+   agents/replay.py); the consumer fetches it back only so that the commit moves past it.
+   Each such fetch still costs the broker, the consumer thread and the agent's loop, at
+   every fetch (every few ms under a live feed). So a partition the app says is handed off
+   (`fetch_rarely(topic, partition)`) joins a fetch at most every HANDED_OFF_FETCH_EVERY
+   seconds; the others are fetched as before. Nothing else changes: the consumer still
+   reads every message in order, and the commit trails the hand-off by that much more.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -67,6 +76,8 @@ __all__ = ["FETCH_MAX_WAIT_MS", "LinkwatchApp", "first_record", "log_replaced", 
 log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 25
+# A handed-off partition joins a fetch at most this often (seconds): item 6.
+HANDED_OFF_FETCH_EVERY = 0.25
 # How long the consumer waits to learn whether the logs survived a broken connection
 # before it restarts anyway (a restart is always safe: it is what a SIGKILL leads to).
 VERIFY_PATIENCE = 30.0
@@ -114,11 +125,63 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         client._on_connection_closed = note_closed
         return consumer
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        fetcher = self._ensure_consumer()._fetcher  # made by the consumer's start
+        fetch_rarely = getattr(self.app, "fetch_rarely", None)
+        if fetch_rarely is not None:
+            fetcher._get_actions_per_node = FewerFetches(
+                fetcher._get_actions_per_node, fetch_rarely
+            )  # item 6
+
     async def first_records(self, tps: Iterable[TP]) -> dict[TP, FirstRecord]:
         found = await self.call_thread(
             self._ensure_consumer().offsets_for_times, {tp: 0 for tp in tps}
         )
         return {tp: first_record(entry) for tp, entry in found.items()}
+
+
+class FewerFetches:
+    """aiokafka's fetch planning (`Fetcher._get_actions_per_node`), with the partitions that
+    `fetch_rarely(topic, partition)` names left out of every fetch but one each `every`
+    seconds (item 6). The planning sees every partition again once it has put one of them
+    in a fetch request: until then (a fetch to the broker still in flight) they stay due."""
+
+    def __init__(
+        self,
+        plan: Callable[[Any], tuple[Any, ...]],
+        fetch_rarely: Callable[[str, int], bool],
+        every: float = HANDED_OFF_FETCH_EVERY,
+    ) -> None:
+        self.plan = plan
+        self.fetch_rarely = fetch_rarely
+        self.every = every
+        self._due = 0.0  # monotonic time the rare partitions may next be fetched
+
+    def __call__(self, assignment: Any) -> tuple[Any, ...]:
+        rare = {tp for tp in assignment.tps if self.fetch_rarely(tp.topic, tp.partition)}
+        if not rare:
+            return self.plan(assignment)
+        now = time.monotonic()
+        if now < self._due:
+            return self.plan(_Without(assignment, rare))
+        actions = self.plan(assignment)
+        fetched = {(topic, entry[0]) for _, request in actions[0]
+                   for topic, partitions in request.topics for entry in partitions}  # fmt: skip
+        if any((tp.topic, tp.partition) in fetched for tp in rare):
+            self._due = now + self.every
+        return actions
+
+
+class _Without:
+    """An aiokafka assignment that plans without some of its partitions."""
+
+    def __init__(self, assignment: Any, left_out: set[Any]) -> None:
+        self._assignment = assignment
+        self.tps = [tp for tp in assignment.tps if tp not in left_out]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._assignment, name)
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -325,6 +388,7 @@ class LinkwatchApp(faust.App):
 
     idempotent_producer = False
     raw_topics: frozenset[str] = frozenset()  # topics whose fetches agents get whole (item 5)
+    fetch_rarely: Callable[[str, int], bool] | None = None  # handed-off partitions (item 6)
 
     def _new_transport(self) -> Any:
         retry_unknown_errors_in_order()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agents import replay
 from agents.replay import PartitionedState, Produced
 
 
@@ -145,5 +146,42 @@ def test_an_offered_message_that_fails_fails_the_take_that_brings_it() -> None:
         (failed,) = await log.state.process(0, _Fetched(b"m1", 1))
         with pytest.raises(ValueError, match="unreadable"):
             await failed  # what HeldAcks awaits before it acks: the agent fails
+
+    asyncio.run(run())
+
+
+def test_a_partition_is_handed_off_until_the_consumer_brings_a_message_not_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`handing_off` tells the consumer it may fetch the partition less often (streams/
+    transport.py, item 6): only while everything the consumer brings was applied already."""
+
+    async def run() -> None:
+        log = _Log()
+        log.state.assign([0])
+        assert not log.state.handing_off(0)  # no state yet: the consumer brings everything
+        await log.state.rebuild(0, 0)
+        assert log.state.handing_off(0)
+        log.state.offer(_produced(0), 0)
+        await _settle()
+        await log.state.process(0, _Fetched(b"m0", 0))  # applied by the hand-off
+        assert log.state.handing_off(0)
+        await log.state.process(0, _Fetched(b"other", 1))  # another producer's message
+        assert log.applied[-1] == (1, b"other")
+        assert not log.state.handing_off(0)
+        assert not log.state.handing_off(1)  # not owned
+        now = replay.time.monotonic()
+        monkeypatch.setattr(replay.time, "monotonic", lambda: now + replay.SHARED_FOR + 1)
+        assert log.state.handing_off(0)
+
+    asyncio.run(run())
+
+
+def test_no_partition_is_handed_off_once_an_offer_failed() -> None:
+    async def run() -> None:
+        log = await _Log(fail_at=0).started()
+        log.state.offer(_produced(0), 0)
+        await _settle()
+        assert not log.state.handing_off(0)  # the consumer must bring it, to fail the take
 
     asyncio.run(run())

@@ -1,13 +1,19 @@
 """The transport's consumer: telling a replaced log from the one a worker read (item 4 of
-streams/transport.py), and which acks move the commit."""
+streams/transport.py), which acks move the commit, and how often handed-off partitions are
+fetched (item 6)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import pytest
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import OffsetAndTimestamp
 from faust.types import TP, ConsumerMessage
 
-from streams.transport import LinkwatchApp, first_record, log_replaced
+from streams import transport
+from streams.transport import FewerFetches, LinkwatchApp, first_record, log_replaced
 
 STARTED = (0, 1_700_000_000_000)
 
@@ -63,3 +69,78 @@ def test_an_ack_from_before_the_last_rebalance_does_not_move_the_commit() -> Non
     assert consumer._new_offset(tp) == 11  # not 501: offsets 11-500 are fetched again
     assert consumer.ack(_message(11, generation=3))
     assert consumer._new_offset(tp) == 12
+
+
+class _Planner:
+    """aiokafka's fetch planning, reduced: one request to node 0 with every partition of the
+    assignment it is given, unless a fetch to that node is in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = False
+        self.given: list[list[TP]] = []
+
+    def __call__(self, assignment: Any) -> tuple[Any, ...]:
+        tps = list(assignment.tps)
+        self.given.append(tps)
+        if self.in_flight or not tps:
+            return [], {}, 0.2, False, []
+        topics: dict[str, list[tuple[int, int, int]]] = {}
+        for tp in tps:
+            topics.setdefault(tp.topic, []).append((tp.partition, 0, 1 << 20))
+        request = FetchRequest(25, 1, 1 << 20, 0, list(topics.items()))
+        return [(0, request)], {}, 0.2, False, []
+
+
+@dataclass
+class _Assignment:
+    tps: list[TP]
+    active: bool = True
+
+
+REPORTS, IDENTITY = TP("reports", 0), TP("identity", 0)
+
+
+def test_handed_off_partitions_join_a_fetch_once_each_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: now[0])
+    planner = _Planner()
+    plan = FewerFetches(planner, lambda topic, partition: topic == "identity", every=0.25)
+    assignment = _Assignment([REPORTS, IDENTITY])
+
+    plan(assignment)  # due: both
+    now[0] += 0.1
+    plan(assignment)  # not yet: the reports partition alone
+    now[0] += 0.2
+    plan(assignment)  # 0.3 s on: both again
+    assert planner.given == [[REPORTS, IDENTITY], [REPORTS], [REPORTS, IDENTITY]]
+    # What the planning returns is aiokafka's, with the partition left out of the request.
+    now[0] += 0.1
+    requests = plan(assignment)[0]
+    assert [request.topics for _, request in requests] == [[("reports", [(0, 0, 1 << 20)])]]
+
+
+def test_a_turn_missed_while_a_fetch_is_in_flight_is_taken_by_the_next_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: now[0])
+    planner = _Planner()
+    plan = FewerFetches(planner, lambda topic, partition: topic == "identity", every=0.25)
+    assignment = _Assignment([REPORTS, IDENTITY])
+    planner.in_flight = True
+    plan(assignment)  # due, but no request can go: still due
+    planner.in_flight = False
+    now[0] += 0.01
+    plan(assignment)
+    assert planner.given[-1] == [REPORTS, IDENTITY]
+
+
+def test_partitions_not_handed_off_are_in_every_fetch() -> None:
+    planner = _Planner()
+    shared = {IDENTITY}  # e.g. another worker's messages came: `handing_off` is false
+    plan = FewerFetches(planner, lambda topic, partition: False, every=0.25)
+    for _ in range(3):
+        plan(_Assignment([REPORTS, *shared]))
+    assert planner.given == [[REPORTS, IDENTITY]] * 3
