@@ -148,6 +148,7 @@ class PartitionedState(Generic[S]):
                 del self._partitions[partition]
                 self._offered.pop(partition, None)
                 self._early.pop(partition, None)
+                self._brought_at.pop(partition, None)
 
     def revoke(self, partitions: Iterable[int]) -> None:
         self.assign(self.owned - set(partitions))

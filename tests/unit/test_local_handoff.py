@@ -183,5 +183,8 @@ def test_no_partition_is_handed_off_once_an_offer_failed() -> None:
         log.state.offer(_produced(0), 0)
         await _settle()
         assert not log.state.handing_off(0)  # the consumer must bring it, to fail the take
+        [failed] = await log.state.process(0, _Fetched(b"m0", 0))
+        with pytest.raises(ValueError):
+            await failed
 
     asyncio.run(run())

@@ -100,13 +100,21 @@ class _Assignment:
 REPORTS, IDENTITY = TP("reports", 0), TP("identity", 0)
 
 
-def test_handed_off_partitions_join_a_fetch_once_each_interval(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    now = [100.0]
-    monkeypatch.setattr(transport.time, "monotonic", lambda: now[0])
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The transport's clock, moved by hand."""
+    clock = [100.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: clock[0])
+    return clock
+
+
+def _identity_handed_off(planner: _Planner) -> FewerFetches:
+    return FewerFetches(planner, lambda topic, partition: topic == "identity", every=0.25)
+
+
+def test_handed_off_partitions_join_a_fetch_once_each_interval(now: list[float]) -> None:
     planner = _Planner()
-    plan = FewerFetches(planner, lambda topic, partition: topic == "identity", every=0.25)
+    plan = _identity_handed_off(planner)
     assignment = _Assignment([REPORTS, IDENTITY])
 
     plan(assignment)  # due: both
@@ -122,12 +130,10 @@ def test_handed_off_partitions_join_a_fetch_once_each_interval(
 
 
 def test_a_turn_missed_while_a_fetch_is_in_flight_is_taken_by_the_next_fetch(
-    monkeypatch: pytest.MonkeyPatch,
+    now: list[float],
 ) -> None:
-    now = [100.0]
-    monkeypatch.setattr(transport.time, "monotonic", lambda: now[0])
     planner = _Planner()
-    plan = FewerFetches(planner, lambda topic, partition: topic == "identity", every=0.25)
+    plan = _identity_handed_off(planner)
     assignment = _Assignment([REPORTS, IDENTITY])
     planner.in_flight = True
     plan(assignment)  # due, but no request can go: still due
