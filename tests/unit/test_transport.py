@@ -101,36 +101,36 @@ REPORTS, IDENTITY = TP("reports", 0), TP("identity", 0)
 
 
 @pytest.fixture
-def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The transport's clock, moved by hand."""
-    clock = [100.0]
-    monkeypatch.setattr(transport.time, "monotonic", lambda: clock[0])
-    return clock
+    now = [100.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: now[0])
+    return now
 
 
 def _identity_handed_off(planner: _Planner) -> FewerFetches:
     return FewerFetches(planner, lambda topic, partition: topic == "identity", every=0.25)
 
 
-def test_handed_off_partitions_join_a_fetch_once_each_interval(now: list[float]) -> None:
+def test_handed_off_partitions_join_a_fetch_once_each_interval(clock: list[float]) -> None:
     planner = _Planner()
     plan = _identity_handed_off(planner)
     assignment = _Assignment([REPORTS, IDENTITY])
 
     plan(assignment)  # due: both
-    now[0] += 0.1
+    clock[0] += 0.1
     plan(assignment)  # not yet: the reports partition alone
-    now[0] += 0.2
+    clock[0] += 0.2
     plan(assignment)  # 0.3 s on: both again
     assert planner.given == [[REPORTS, IDENTITY], [REPORTS], [REPORTS, IDENTITY]]
     # What the planning returns is aiokafka's, with the partition left out of the request.
-    now[0] += 0.1
+    clock[0] += 0.1
     requests = plan(assignment)[0]
     assert [request.topics for _, request in requests] == [[("reports", [(0, 0, 1 << 20)])]]
 
 
 def test_a_turn_missed_while_a_fetch_is_in_flight_is_taken_by_the_next_fetch(
-    now: list[float],
+    clock: list[float],
 ) -> None:
     planner = _Planner()
     plan = _identity_handed_off(planner)
@@ -138,7 +138,7 @@ def test_a_turn_missed_while_a_fetch_is_in_flight_is_taken_by_the_next_fetch(
     planner.in_flight = True
     plan(assignment)  # due, but no request can go: still due
     planner.in_flight = False
-    now[0] += 0.01
+    clock[0] += 0.01
     plan(assignment)
     assert planner.given[-1] == [REPORTS, IDENTITY]
 
