@@ -14,7 +14,12 @@ The worker's event loop runs every agent on one core (the GIL). Two kinds of wor
   replay exactly as after a SIGKILL.
 
 A child is a plain `multiprocessing` spawn process that answers one request at a time over
-a socket pair, and it dies with the worker (PR_SET_PDEATHSIG). After a burst of requests it
+a socket pair, and it dies with the worker (PR_SET_PDEATHSIG). It runs under Linux's
+SCHED_BATCH policy (`_yield_to_the_loop`): its share of the CPU is the same, but waking up
+does not let it take a busy core from the worker's event loop, which every report goes
+through. The loop writes it a batch and goes on; where a core is idle the child starts at
+once, and where both are busy it waits for the loop's time slice to end (README,
+"Performance", change 49). After a burst of requests it
 rests (`_rest`): its context's `idle()`, if it has one, drops what only sped the burst up
 (the pseudonyms' caches), and its free pages go back to the system.
 
@@ -504,6 +509,7 @@ def _serve(
     # state's child splits its heap if that asks for it (memory.split_heap).
     tune_collector()
     split_heap()
+    _yield_to_the_loop()
     context = make_context()
     received = 0  # bytes of requests since the heap was last trimmed
     try:
@@ -549,6 +555,17 @@ def _read(sock: socket.socket, size: int) -> bytearray:
             raise EOFError("the worker closed its socket")
         got += count
     return buffer
+
+
+def _yield_to_the_loop() -> None:
+    """SCHED_BATCH for this process: the same share of the CPU as before, but a wakeup
+    does not preempt a task that is running (Linux's fair scheduler leaves a batch task's
+    turn to the tick), so the child's answers never take a core from the worker's loop
+    mid-batch. Any user may choose it; where the call is missing, nothing changes."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        return
 
 
 def _die_with_parent(name: str) -> None:

@@ -251,6 +251,22 @@ def test_an_intake_process_uses_pythons_allocator_unless_an_operator_chose_one(
         offload.close()
 
 
+def _policy(context: object) -> int:
+    """The scheduling policy a child runs under."""
+    return os.sched_getscheduler(0)
+
+
+def test_an_intake_process_leaves_a_busy_core_to_the_workers_loop() -> None:
+    """An intake process runs as a batch task: woken by a batch, it does not preempt the
+    worker's event loop (streams/offload.py, `_yield_to_the_loop`)."""
+    offload = Offload(1, _policy, dict, Metrics())
+    try:
+        assert asyncio.run(offload.map([()])) == [os.SCHED_BATCH]
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the worker's own is unchanged
+    finally:
+        offload.close()
+
+
 def test_an_intake_process_is_renewed_once_it_is_idle_after_a_burst(
     offloads: list[Offload[Pseudonyms, Intake]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

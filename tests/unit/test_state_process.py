@@ -124,6 +124,25 @@ def test_the_resolver_process_splits_its_heap_unless_an_operator_chose_the_alloc
     assert os.environ["PYTHONMALLOC"] == "malloc"  # the worker's own is unchanged
 
 
+def _policy(state: object) -> int:
+    """The scheduling policy a child runs under."""
+    return os.sched_getscheduler(0)
+
+
+def test_the_resolver_process_leaves_a_busy_core_to_the_workers_loop() -> None:
+    """The resolver process runs as a batch task, as intake's do (streams/offload.py)."""
+
+    async def run() -> int:
+        process = StateProcess(_policy, dict, "lw-test", print)
+        try:
+            answer: int = await process.call()
+            return answer
+        finally:
+            process.close()
+
+    assert asyncio.run(run()) == os.SCHED_BATCH
+
+
 def _resolvers() -> StateProcess[Resolvers]:
     lost: list[str] = []
     process = StateProcess(on_resolvers, partial(Resolvers, SETTINGS), "lw-test", lost.append)
