@@ -558,13 +558,14 @@ def _read(sock: socket.socket, size: int) -> bytearray:
 
 
 def _yield_to_the_loop() -> None:
-    """SCHED_BATCH for this process: the same share of the CPU as before, but a wakeup
-    does not preempt a task that is running (Linux's fair scheduler leaves a batch task's
-    turn to the tick), so the child's answers never take a core from the worker's loop
-    mid-batch. Any user may choose it; where the call is missing, nothing changes."""
+    """SCHED_BATCH for this process: the same share of the CPU as before, but its wakeup
+    does not preempt the task running on a core (Linux's fair scheduler leaves a batch
+    task's turn to the tick), so a child woken by a batch takes a free core or waits its
+    turn instead of interrupting the worker's loop. Any user may choose it; where the call
+    is missing or refused, nothing changes."""
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux
+    except (AttributeError, OSError):  # not Linux, or refused (a seccomp profile)
         return
 
 
